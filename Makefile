@@ -28,7 +28,7 @@ pytest: $(STAMP)
 
 ## make lint: hadolint, `docker compose config` for every profile, kubernetes schema validation.
 lint: $(STAMP)
-	$(BIN)/python -m docker.lint
+	$(BIN)/python docker/lint.py
 
 ## make model: fetch the official mmpose checkpoint (sha256-checked) and export it to ONNX.
 model: $(STAMP)
