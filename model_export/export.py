@@ -169,6 +169,7 @@ def convert_fp16(fp32_path: str | Path, fp16_path: str | Path) -> Path:
         proto, keep_io_types=True, node_block_list=output_producers,
         op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST),
     )
+    _keep_float32_outputs(proto16)
     props = {p.key: p.value for p in proto.metadata_props}
     props[METADATA_PREFIX + "precision"] = json.dumps("fp16")
     del proto16.metadata_props[:]
@@ -176,6 +177,23 @@ def convert_fp16(fp32_path: str | Path, fp16_path: str | Path) -> Path:
     onnx.checker.check_model(proto16)
     onnx.save(proto16, str(fp16_path))
     return Path(fp16_path)
+
+
+def _keep_float32_outputs(proto: onnx.ModelProto) -> None:
+    """onnxconverter-common casts a blocked (fp32) node's output to fp16 and then declares the
+    graph output fp16 even with keep_io_types. Drop such casts so the output stays float32."""
+    graph = proto.graph
+    outputs = {o.name: o for o in graph.output}
+    for node in list(graph.node):
+        if node.op_type != "Cast" or node.output[0] not in outputs:
+            continue
+        to = next(a.i for a in node.attribute if a.name == "to")
+        if to != onnx.TensorProto.FLOAT16:
+            continue
+        producer = next(n for n in graph.node if node.input[0] in n.output)
+        producer.output[list(producer.output).index(node.input[0])] = node.output[0]
+        graph.node.remove(node)
+        outputs[node.output[0]].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 
 
 def compare_fp16(fp32_path: str | Path, fp16_path: str | Path, config: PipelineConfig,
