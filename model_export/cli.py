@@ -35,7 +35,8 @@ def export_command(args: argparse.Namespace) -> int:
     from service.pipeline.config import PipelineConfig
 
     from .export import (
-        compare_fp16, convert_fp16, export_fp32, provenance, verify_against_torch,
+        add_golden_record, compare_fp16, convert_fp16, export_fp32, provenance,
+        verify_against_torch,
     )
 
     model = build_model(args.arch)
@@ -57,6 +58,9 @@ def export_command(args: argparse.Namespace) -> int:
     diff, value_range = verify_against_torch(path, model, config)
     print(f"onnxruntime vs PyTorch: max abs diff {diff:.3g} over heatmap range {value_range:.3g} "
           f"(relative {diff / max(value_range, 1e-12):.2g})")
+    golden = add_golden_record(path, config)
+    print(f"golden self-check data: {len(golden['points'])} of {config.num_keypoints} keypoints "
+          "with a clear peak recorded")
     if args.fp16:
         fp16_path = args.fp16_output or path.with_name(path.stem + "_fp16.onnx")
         convert_fp16(path, fp16_path)

@@ -154,6 +154,19 @@ def verify_against_torch(path: str | Path, model: LandmarkModel, config: Pipelin
     return diff, value_range
 
 
+def add_golden_record(path: str | Path, config: PipelineConfig) -> dict:
+    """Store the landmarks this file gives on the service's golden input (CPU, fp32), so the
+    service can re-check them on whatever provider it gets (see service.engine.golden)."""
+    from service.engine.golden import make_golden_record
+
+    session = cpu_session(path)
+    record = make_golden_record(lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], config)
+    proto = onnx.load(str(path))
+    write_metadata(proto, {METADATA_PREFIX + "golden": json.dumps(record)})
+    onnx.save(proto, str(path))
+    return record
+
+
 def convert_fp16(fp32_path: str | Path, fp16_path: str | Path) -> Path:
     """Half-precision weights and activations for CUDA, float32 I/O kept.
 

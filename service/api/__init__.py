@@ -1,0 +1,1 @@
+"""HTTP layer: routes, request/response schemas, errors and middleware."""

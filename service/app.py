@@ -1,0 +1,65 @@
+"""`create_app(settings)`: the FastAPI application and its lifespan.
+
+Start-up opens the model synchronously (a missing or malformed file stops the process
+with a clear error), then warms up and self-checks in a worker thread while /healthz
+already answers and /readyz says 503 until it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from . import __version__
+from .api import landmarks, status
+from .api.errors import install_error_handlers
+from .api.middleware import RequestGuard
+from .engine.runtime import LandmarkRuntime
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+98-point WFLW face landmarks from mmpose's HRNetV2-W18 + DARK (`hrnetv2_w18_wflw_256x256_dark`,
+WFLW test NME 3.98 with flip test), served from ONNX with onnxruntime.
+
+`POST /landmarks` takes an image and face boxes (multipart or JSON with base64) and returns,
+per face, 98 `[x, y]` points in image pixels with per-point scores. Errors are JSON with a
+stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runtime = LandmarkRuntime(settings, metrics)
+        app.state.runtime = runtime
+        warmup = asyncio.get_running_loop().run_in_executor(None, runtime.warm_up_and_check)
+        app.state.warmup = warmup
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(warmup), 60)
+            runtime.stop()
+
+    app = FastAPI(title="Face landmarks", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(landmarks.router)
+    app.include_router(status.router)
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(RequestGuard, settings=settings, metrics=metrics)
+    return app

@@ -1,0 +1,1 @@
+"""onnxruntime session factory and the async dynamic batcher."""

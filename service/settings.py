@@ -1,0 +1,91 @@
+"""Service settings: environment variables with the prefix `LANDMARKS_` (names as in DESIGN.md).
+
+Every limit has a safe default; `python -m service`, the Docker image, compose and the
+Kubernetes manifests all read these same variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LANDMARKS_", extra="ignore", protected_namespaces=())
+
+    model_path: Path = Path("models/hrnetv2_w18_wflw_dark.onnx")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Comma list, first preferred: cuda,cpu | tensorrt,cuda,cpu | cpu
+    providers: str = "cuda,cpu"
+    device_id: int = Field(0, ge=0)
+    # If true, running on anything but a GPU provider keeps /readyz at 503.
+    require_gpu: bool = False
+    flip_test: bool = True  # mmpose's published 3.98 NME needs it
+    max_batch_size: int = Field(32, ge=1, le=1024)  # network inputs per session.run
+    batch_timeout_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    max_queue: int = Field(512, ge=1)  # network inputs waiting; beyond it 503
+    request_timeout_s: float = Field(10.0, gt=0.0)
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # checked from the header before decoding
+    max_faces: int = Field(64, ge=1)
+    api_key: SecretStr | None = None
+    log_level: str = "INFO"
+    cors_origins: str = ""  # comma list; empty = CORS off
+    # Intra-op threads for onnxruntime (0 = its default, one per physical core).
+    ort_threads: int = Field(0, ge=0)
+    # Seconds uvicorn waits for in-flight requests after SIGTERM.
+    shutdown_grace_s: float = Field(30.0, ge=0.0)
+    # Max landmark deviation (px on a 256 px crop) allowed by the start-up golden self-check.
+    golden_tolerance_px: float = Field(0.5, gt=0.0)
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: str) -> str:
+        names = [p.strip().lower() for p in value.split(",") if p.strip()]
+        if not names:
+            raise ValueError("LANDMARKS_PROVIDERS needs at least one provider, e.g. 'cuda,cpu'")
+        unknown = [n for n in names if n not in PROVIDER_ALIASES and not n.endswith("executionprovider")]
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; use {sorted(PROVIDER_ALIASES)}")
+        return ",".join(names)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError(f"unknown log level {value}")
+        return value
+
+    @property
+    def provider_list(self) -> list[str]:
+        """Full onnxruntime provider names, in preference order."""
+        out = []
+        for name in self.providers.split(","):
+            full = PROVIDER_ALIASES.get(name)
+            if full is None:  # a full name given verbatim, e.g. 'openvinoexecutionprovider'
+                full = next(
+                    (p for p in _all_ort_providers() if p.lower() == name), name
+                )
+            out.append(full)
+        return out
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+def _all_ort_providers() -> list[str]:
+    import onnxruntime
+
+    return onnxruntime.get_all_providers()
