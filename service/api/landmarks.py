@@ -32,7 +32,6 @@ router = APIRouter()
 # A box may reach this many image sizes beyond the image; beyond that it is nonsense input
 # (and float32 crop maths would overflow).
 BOX_REACH = 10.0
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -67,10 +66,10 @@ def _error_422(code: str, detail: str) -> ApiError:
 def parse_flag(value, name: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in TRUE:
+    # Exactly the documented enum: a lenient parser would accept what the schema forbids.
+    if value == "true":
         return True
-    if text in FALSE:
+    if value == "false":
         return False
     raise _error_422("invalid_field", f"{name} must be true or false, got {str(value)[:40]!r}")
 
@@ -128,8 +127,10 @@ async def read_request(request: Request) -> tuple[bytes, object, str, bool | Non
         if not isinstance(image, UploadFile):
             raise _error_422("missing_image", "multipart field 'image' (a file) is required")
         data = await image.read()
-        fmt = form.get("bbox_format") or "xywh"
-        return data, form.get("bboxes"), str(fmt), parse_flag(form.get("flip_test"), "flip_test")
+        fmt = form.get("bbox_format", "xywh")
+        if not isinstance(fmt, str):
+            raise _error_422("invalid_field", "bbox_format must be a text field")
+        return data, form.get("bboxes"), fmt, parse_flag(form.get("flip_test"), "flip_test")
     if content_type == "application/json":
         try:
             body = LandmarksJsonRequest.model_validate_json(await request.body())
