@@ -1,0 +1,45 @@
+"""Pure NumPy/OpenCV pre- and post-processing of mmpose's WFLW HRNetV2 + DARK pipeline.
+
+See tests/data/PIPELINE.md for the specification this package follows.
+"""
+
+from .config import PipelineConfig
+from .dark import argmax_heatmaps, decode_heatmaps, modulate, taylor_refine
+from .flip import flip_back, flip_inputs, merge_flip
+from .geometry import (
+    affine_transform_points,
+    box_to_center_scale,
+    get_affine_transform,
+    heatmap_to_image,
+    xyxy_to_xywh,
+)
+from .preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    crop_faces,
+    decode_image,
+    normalize,
+    read_image_size,
+)
+
+__all__ = [
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "PipelineConfig",
+    "affine_transform_points",
+    "argmax_heatmaps",
+    "box_to_center_scale",
+    "crop_faces",
+    "decode_heatmaps",
+    "decode_image",
+    "flip_back",
+    "flip_inputs",
+    "get_affine_transform",
+    "heatmap_to_image",
+    "merge_flip",
+    "modulate",
+    "normalize",
+    "read_image_size",
+    "taylor_refine",
+    "xyxy_to_xywh",
+]

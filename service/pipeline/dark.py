@@ -1,0 +1,187 @@
+"""DARK heatmap decoding, vectorised over faces and keypoints (PIPELINE.md sections 4 and 8).
+
+argmax -> Gaussian modulation -> log -> second-order Taylor step -> image pixels, reproducing
+mmpose 0.x under numpy 1.x bit for bit (section 0): every dtype conversion below is explicit,
+so numpy 2's different scalar promotion cannot change a result.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .geometry import heatmap_to_image
+
+_LOG_FLOOR = np.float32(1e-10)
+
+
+def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peak of every map (section 4.1).
+
+    heatmaps: (N, K, H, W). Returns coords (N, K, 2) float32 as (x, y) of the first maximum in
+    row-major order, -1 where the maximum is not > 0 (zero, negative or NaN), and maxvals
+    (N, K) float32, the unblurred maximum (the keypoint score).
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    n, k, height, width = heatmaps.shape
+    flat = heatmaps.reshape(n, k, height * width)
+    index = np.argmax(flat, axis=2)  # first maximum; a NaN counts as the maximum
+    maxvals = np.max(flat, axis=2)
+    coords = np.empty((n, k, 2), dtype=np.float32)
+    coords[..., 0] = index % width
+    coords[..., 1] = index // width
+    coords[~(maxvals > 0)] = -1
+    return coords, maxvals
+
+
+def _blur_stack(maps: np.ndarray, kernel: int) -> np.ndarray:
+    """cv2.GaussianBlur((k, k), 0) of each zero-padded map (M, H, W) -> (M, H, W) float32.
+
+    The padded maps are stacked vertically into one tall image and blurred in one call. Each
+    map keeps its own `border` rows of zeros above and below, so no kernel reaches a neighbour,
+    and the image width equals a single padded map's width, so OpenCV runs the very same
+    row/column arithmetic per pixel as on one map at a time: the result is bit-identical to
+    per-map blurring (checked in tests/pipeline/test_dark.py).
+    """
+    m, h, w = maps.shape
+    if m == 0:
+        return np.empty_like(maps)
+    border = (kernel - 1) // 2
+    padded = np.zeros((m, h + 2 * border, w + 2 * border), dtype=np.float32)
+    padded[:, border:border + h, border:border + w] = maps
+    tall = padded.reshape(m * (h + 2 * border), w + 2 * border)
+    blurred = cv2.GaussianBlur(tall, (kernel, kernel), 0).reshape(padded.shape)
+    return blurred[:, border:border + h, border:border + w]
+
+
+def _blur_and_factor(heatmaps: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred maps (N, K, H, W) float32 and the rescale factor m0 / blurred max (N, K) float32."""
+    if kernel % 2 != 1:
+        raise ValueError(f"modulation kernel must be odd, got {kernel}")
+    n, k, h, w = heatmaps.shape
+    maps = heatmaps.reshape(n * k, h, w)
+    blurred = _blur_stack(maps, kernel)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # float32 / float32, taken literally: 0/0 -> NaN, a negative blurred max flips signs.
+        factor = np.max(maps, axis=(1, 2)) / np.max(blurred, axis=(1, 2))
+    return blurred.reshape(n, k, h, w), factor.reshape(n, k)
+
+
+def _log_modulated(blurred: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """log(max(blurred * factor, 1e-10)) elementwise in float32 (section 4.2)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.log(np.maximum(blurred * factor, _LOG_FLOOR))
+
+
+def modulate(heatmaps: np.ndarray, kernel: int = 11) -> np.ndarray:
+    """DARK distribution modulation (section 4.2): (N, K, H, W) -> log-maps (N, K, H, W) float32.
+
+    Blur each map padded with (kernel-1)//2 zeros, rescale so its maximum equals the original
+    maximum m0 (float32 m0 / blurred max, taken literally: an all-zero map becomes NaN and a
+    negative blurred max flips the sign), then L = log(max(map, 1e-10)).
+    """
+    blurred, factor = _blur_and_factor(np.asarray(heatmaps, dtype=np.float32), kernel)
+    return _log_modulated(blurred, factor[..., None, None])
+
+
+def taylor_refine(coords: np.ndarray, log_maps: np.ndarray) -> np.ndarray:
+    """One Newton step on the log-maps at each integer peak (section 4.3): coords (N, K, 2) float32.
+
+    coords: (N, K, 2) from argmax_heatmaps; log_maps: (N, K, H, W) from modulate. A point moves
+    only if 2 <= px <= W-3 and 2 <= py <= H-3 (truncated ints) and the Hessian determinant is
+    not exactly 0. Derivatives mix float32 and float64 exactly as numpy 1 did in mmpose.
+    """
+    log_maps = np.asarray(log_maps, dtype=np.float32)
+
+    def sample(n_idx, k_idx, y, x):
+        return log_maps[n_idx, k_idx, y, x]
+
+    return _taylor_step(coords, log_maps.shape[2:], sample)
+
+
+def _taylor_step(coords: np.ndarray, map_hw: tuple[int, int], sample) -> np.ndarray:
+    """Section 4.3 with the log-map read through sample(n, k, y, x) -> float32 values (M,)."""
+    refined = np.array(coords, dtype=np.float32, copy=True)
+    h, w = map_hw
+    px = refined[..., 0].astype(np.int64)  # int() truncation; -1 stays -1
+    py = refined[..., 1].astype(np.int64)
+    inside = (px >= 2) & (px <= w - 3) & (py >= 2) & (py <= h - 3)
+    n_idx, k_idx = np.nonzero(inside)
+    if n_idx.size == 0:
+        return refined
+    x, y = px[inside], py[inside]
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return sample(n_idx, k_idx, y + dy, x + dx)  # float32 samples
+
+    f64 = np.float64
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # numpy 1: a float32 *scalar* times a Python float is float64 (section 0); the
+        # differences inside the parentheses are float32 scalar - float32 scalar.
+        grad_x = 0.5 * (at(0, 1) - at(0, -1)).astype(f64)
+        grad_y = 0.5 * (at(1, 0) - at(-1, 0)).astype(f64)
+        centre = at(0, 0).astype(f64)
+        # `2 * a` with a Python int is float64 too, so these sums run in float64.
+        dxx = 0.25 * ((at(0, 2).astype(f64) - 2 * centre) + at(0, -2).astype(f64))
+        dyy = 0.25 * ((at(2, 0).astype(f64) - 2 * centre) + at(-2, 0).astype(f64))
+        dxy = 0.25 * (((at(1, 1) - at(-1, 1)) - at(1, -1)) + at(-1, -1)).astype(f64)
+        steppable = (dxx * dyy - dxy**2) != 0  # NaN counts as != 0, as in mmpose
+
+        hessian = np.empty((int(steppable.sum()), 2, 2), dtype=f64)
+        hessian[:, 0, 0] = dxx[steppable]
+        hessian[:, 0, 1] = hessian[:, 1, 0] = dxy[steppable]
+        hessian[:, 1, 1] = dyy[steppable]
+        gradient = np.stack([grad_x[steppable], grad_y[steppable]], axis=1)[..., None]
+        inverse, inverted = _invert_2x2(hessian)
+        # Same ops as mmpose's `-inv @ derivative` (batched matmul = per-matrix matmul; an
+        # explicit a*b + c*d is NOT bit-identical because BLAS may fuse multiply-adds).
+        offset = (-inverse @ gradient)[..., 0]
+
+    rows = np.flatnonzero(steppable)[inverted]
+    n_sel, k_sel = n_idx[rows], k_idx[rows]
+    # `coord += offset` on a float32 array: added in float64, stored as float32.
+    stepped = refined[n_sel, k_sel].astype(f64) + offset[inverted]
+    refined[n_sel, k_sel] = stepped.astype(np.float32)
+    return refined
+
+
+def _invert_2x2(hessians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.linalg.inv of a (M, 2, 2) stack; returns (inverses, mask of matrices inverted).
+
+    The closed-form adjugate/determinant inverse differs from LAPACK's LU in the last bits, so
+    LAPACK it is. A matrix LAPACK calls singular despite det != 0 (possible only through
+    rounding) would have crashed mmpose; here that keypoint just gets no Taylor step.
+    """
+    try:
+        return np.linalg.inv(hessians), np.ones(len(hessians), dtype=bool)
+    except np.linalg.LinAlgError:
+        inverses = np.zeros_like(hessians)
+        ok = np.ones(len(hessians), dtype=bool)
+        for i, matrix in enumerate(hessians):
+            try:
+                inverses[i] = np.linalg.inv(matrix)
+            except np.linalg.LinAlgError:
+                ok[i] = False
+        return inverses, ok
+
+
+def decode_heatmaps(heatmaps: np.ndarray, center, scale, kernel: int = 11
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """DARK decode of flip-averaged heatmaps (N, K, H, W) float32 into image landmarks.
+
+    center, scale: (N, 2) crop boxes (cast to float32). Returns landmarks (N, K, 2) float32 in
+    image pixels and scores (N, K) float32 (the unblurred heatmap maxima, possibly <= 0).
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float32)
+    _, _, h, w = heatmaps.shape
+    coords, scores = argmax_heatmaps(heatmaps)
+    blurred, factor = _blur_and_factor(heatmaps, kernel)
+
+    def sample(n_idx, k_idx, y, x):
+        # Only the 13 Taylor samples per keypoint are ever read, and the modulation is
+        # elementwise, so it is evaluated there instead of on whole maps (same values).
+        return _log_modulated(blurred[n_idx, k_idx, y, x], factor[n_idx, k_idx])
+
+    coords = _taylor_step(coords, (h, w), sample)
+    landmarks = heatmap_to_image(coords, center, scale, (w, h))
+    return landmarks, scores

@@ -1,0 +1,1 @@
+"""Straightforward reference implementations used by tests and benchmarks."""
