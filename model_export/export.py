@@ -211,30 +211,30 @@ def _keep_float32_outputs(proto: onnx.ModelProto) -> None:
 
 def compare_fp16(fp32_path: str | Path, fp16_path: str | Path, config: PipelineConfig,
                  batch: int = 4, seed: int = 0) -> str:
-    """fp16 vs fp32 on the best available GPU provider: heatmap and landmark deviation."""
-    from service.pipeline.dark import decode_heatmaps
+    """fp16 vs fp32 on the best available provider: heatmap deviation on random inputs, and
+    the landmark shift on the golden input (the same check the service runs at start-up)."""
+    from service.engine.golden import GoldenCheckError, run_golden_check
+    from service.engine.session import open_session
 
-    gpu = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     try:
-        sessions = [ort.InferenceSession(str(p), providers=gpu + ["CPUExecutionProvider"])
-                    for p in (fp32_path, fp16_path)]
-    except Exception as exc:  # e.g. CPU EP without fp16 kernels
+        s32, _ = open_session(Path(fp32_path), providers)
+        s16, info16 = open_session(Path(fp16_path), providers)
+    except Exception as exc:  # e.g. a provider without fp16 kernels
         return f"fp16 deviation not measured: cannot create a session here ({str(exc)[:160]})"
-    used = sessions[1].get_providers()[0]
-    if used == "CPUExecutionProvider":
-        note = " (on CPU: no CUDA here; fp16 targets CUDA, so this is indicative only)"
-    else:
-        note = f" (on {used})"
+    where = info16.provider
+    if where == "CPUExecutionProvider":
+        where += " (no CUDA here; fp16 targets CUDA, so this is indicative only)"
     width, height = config.input_size
     x = np.random.default_rng(seed).standard_normal((batch, 3, height, width), dtype=np.float32)
+    h32 = s32.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    h16 = s16.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    heat = float(np.abs(h32 - h16).max()) / max(float(h32.max() - h32.min()), 1e-12)
+    run16 = lambda rows: s16.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]  # noqa: E731
     try:
-        h32, h16 = (s.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for s in sessions)
-    except Exception as exc:
-        return f"fp16 deviation not measured: running it failed ({str(exc)[:160]})"
-    center = np.tile(np.array([[128.0, 128.0]], np.float32), (batch, 1))
-    scale = np.full((batch, 2), 1.28 * config.bbox_padding, np.float32)  # a 256+ px face
-    p32, _ = decode_heatmaps(h32, center, scale, config.modulate_kernel)
-    p16, _ = decode_heatmaps(h16, center, scale, config.modulate_kernel)
-    shift = float(np.nanmax(np.linalg.norm(p32 - p16, axis=-1)))
-    return (f"fp16 vs fp32{note}: max heatmap diff {float(np.abs(h32 - h16).max()):.3g}, "
-            f"max landmark shift {shift:.3f} px on a 320 px crop")
+        golden = run_golden_check(run16, info16, tolerance_px=float("inf"))
+        shift = (f"max landmark shift {golden.get('max_deviation_px')} px over "
+                 f"{golden.get('points_checked', 0)} clear-peak keypoints of the golden input")
+    except GoldenCheckError as exc:
+        shift = str(exc)
+    return f"fp16 vs fp32 on {where}: max heatmap diff {heat:.2g} of the range; {shift}"
