@@ -17,7 +17,7 @@ from service.settings import Settings
 
 from .batcher import DynamicBatcher
 from .golden import GoldenCheckError, run_golden_check
-from .session import ModelInfo, open_session
+from .session import open_session
 
 log = logging.getLogger("service.engine")
 
