@@ -7,12 +7,23 @@ so numpy 2's different scalar promotion cannot change a result.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
 from .geometry import heatmap_to_image
 
 _LOG_FLOOR = np.float32(1e-10)
+# Maps blurred per cv2 call in decode_heatmaps. Bounded so the per-thread scratch buffers stay
+# small (~2 MB each); reusing them matters: fresh multi-MB arrays come from mmap and page-fault
+# on every call, which cost 3x the blur itself.
+_CHUNK_MAPS = 98
+_scratch = threading.local()
+# The 13 log-map samples the Taylor step reads around a peak, as (dy, dx).
+_STENCIL = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0),
+            (1, 1), (-1, 1), (1, -1), (-1, -1))
+_STENCIL_INDEX = {offset: i for i, offset in enumerate(_STENCIL)}
 
 
 def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,10 +59,28 @@ def _blur_stack(maps: np.ndarray, kernel: int) -> np.ndarray:
         return np.empty_like(maps)
     border = (kernel - 1) // 2
     padded = np.zeros((m, h + 2 * border, w + 2 * border), dtype=np.float32)
+    return _blur_padded(maps, padded, np.empty_like(padded), border, kernel).copy()
+
+
+def _blur_padded(maps: np.ndarray, padded: np.ndarray, out: np.ndarray, border: int,
+                 kernel: int) -> np.ndarray:
+    """Blur `maps` (M, H, W) through caller-owned buffers; `padded` must have zero borders.
+    Returns a view of `out` (M, H, W)."""
+    m, h, w = maps.shape
     padded[:, border:border + h, border:border + w] = maps
     tall = padded.reshape(m * (h + 2 * border), w + 2 * border)
-    blurred = cv2.GaussianBlur(tall, (kernel, kernel), 0).reshape(padded.shape)
-    return blurred[:, border:border + h, border:border + w]
+    cv2.GaussianBlur(tall, (kernel, kernel), 0, dst=out.reshape(tall.shape))
+    return out[:, border:border + h, border:border + w]
+
+
+def _scratch_buffers(m: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread (padded, out) buffers for m maps of `shape`; borders of `padded` stay zero."""
+    key = (m, shape)
+    if getattr(_scratch, "key", None) != key:
+        _scratch.key = key
+        _scratch.padded = np.zeros((m, *shape), dtype=np.float32)
+        _scratch.out = np.empty((m, *shape), dtype=np.float32)
+    return _scratch.padded, _scratch.out
 
 
 def _blur_and_factor(heatmaps: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,14 +122,15 @@ def taylor_refine(coords: np.ndarray, log_maps: np.ndarray) -> np.ndarray:
     """
     log_maps = np.asarray(log_maps, dtype=np.float32)
 
-    def sample(n_idx, k_idx, y, x):
-        return log_maps[n_idx, k_idx, y, x]
+    def sample(n_idx, k_idx, y, x, dy, dx):
+        return log_maps[n_idx, k_idx, y + dy, x + dx]
 
     return _taylor_step(coords, log_maps.shape[2:], sample)
 
 
 def _taylor_step(coords: np.ndarray, map_hw: tuple[int, int], sample) -> np.ndarray:
-    """Section 4.3 with the log-map read through sample(n, k, y, x) -> float32 values (M,)."""
+    """Section 4.3 with the log-map read through sample(n, k, y, x, dy, dx) -> float32 (M,),
+    the value at row y + dy, column x + dx of map (n, k)."""
     refined = np.array(coords, dtype=np.float32, copy=True)
     h, w = map_hw
     px = refined[..., 0].astype(np.int64)  # int() truncation; -1 stays -1
@@ -112,7 +142,7 @@ def _taylor_step(coords: np.ndarray, map_hw: tuple[int, int], sample) -> np.ndar
     x, y = px[inside], py[inside]
 
     def at(dy: int, dx: int) -> np.ndarray:
-        return sample(n_idx, k_idx, y + dy, x + dx)  # float32 samples
+        return sample(n_idx, k_idx, y, x, dy, dx)  # float32 samples
 
     f64 = np.float64
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -173,15 +203,47 @@ def decode_heatmaps(heatmaps: np.ndarray, center, scale, kernel: int = 11
     image pixels and scores (N, K) float32 (the unblurred heatmap maxima, possibly <= 0).
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    _, _, h, w = heatmaps.shape
+    n, k, h, w = heatmaps.shape
     coords, scores = argmax_heatmaps(heatmaps)
-    blurred, factor = _blur_and_factor(heatmaps, kernel)
+    factor, stencil = _blur_factor_and_stencil(heatmaps, coords, kernel)
 
-    def sample(n_idx, k_idx, y, x):
+    def sample(n_idx, k_idx, y, x, dy, dx):
         # Only the 13 Taylor samples per keypoint are ever read, and the modulation is
         # elementwise, so it is evaluated there instead of on whole maps (same values).
-        return _log_modulated(blurred[n_idx, k_idx, y, x], factor[n_idx, k_idx])
+        values = stencil[n_idx, k_idx, _STENCIL_INDEX[(dy, dx)]]
+        return _log_modulated(values, factor[n_idx, k_idx])
 
     coords = _taylor_step(coords, (h, w), sample)
     landmarks = heatmap_to_image(coords, center, scale, (w, h))
     return landmarks, scores
+
+
+def _blur_factor_and_stencil(heatmaps: np.ndarray, coords: np.ndarray, kernel: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Blur every map (in chunks, through reused buffers) and keep only what DARK reads:
+    the rescale factor m0 / blurred max (N, K) and the blurred values on the Taylor stencil
+    around each integer peak (N, K, 13); stencil entries of peaks too near the border (no
+    Taylor step) are clamped reads and never used."""
+    if kernel % 2 != 1:
+        raise ValueError(f"modulation kernel must be odd, got {kernel}")
+    n, k, h, w = heatmaps.shape
+    maps = heatmaps.reshape(n * k, h, w)
+    border = (kernel - 1) // 2
+    factor = np.empty(n * k, dtype=np.float32)
+    stencil = np.empty((n * k, len(_STENCIL)), dtype=np.float32)
+    px = np.clip(coords[..., 0].reshape(-1).astype(np.int64), 2, w - 3)
+    py = np.clip(coords[..., 1].reshape(-1).astype(np.int64), 2, h - 3)
+    dy = np.array([o[0] for o in _STENCIL])
+    dx = np.array([o[1] for o in _STENCIL])
+    for start in range(0, n * k, _CHUNK_MAPS):
+        chunk = maps[start:start + _CHUNK_MAPS]
+        m = len(chunk)
+        padded, out = _scratch_buffers(m, (h + 2 * border, w + 2 * border))
+        blurred = _blur_padded(chunk, padded, out, border, kernel)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # float32 / float32, taken literally: 0/0 -> NaN, a negative blurred max flips signs.
+            factor[start:start + m] = chunk.max(axis=(1, 2)) / blurred.max(axis=(1, 2))
+        rows = np.arange(m)[:, None]
+        stencil[start:start + m] = blurred[rows, py[start:start + m, None] + dy,
+                                           px[start:start + m, None] + dx]
+    return factor.reshape(n, k), stencil.reshape(n, k, len(_STENCIL))
