@@ -197,3 +197,26 @@ def test_cli_reports_errors_in_one_line_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "checkpoint file not found" in err and "Traceback" not in err
+
+
+def test_fetch_default_offline_fails_fast_and_says_where_to_put_the_file(tmp_path, capsys):
+    url = "http://127.0.0.1:9/hrnetv2_w18_wflw_256x256_dark-3f8e0c2c_20210125.pth"  # port 9: refused
+    code = main(["fetch-default", "--url", url, "--cache-dir", str(tmp_path), "--output",
+                 str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Offline?" in err and str(tmp_path / "hrnetv2_w18_wflw_256x256_dark-3f8e0c2c_20210125.pth") in err
+
+
+def test_fetch_default_uses_a_file_put_in_the_cache_by_hand(tmp_path):
+    model = build_model("hrnetv2_w18")
+    staged = save_mmpose_checkpoint(model, tmp_path / "staging.pth")
+    digest = sha256(staged)
+    name = f"hrnetv2_w18_wflw_256x256_dark-{digest[:8]}_20210125.pth"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    staged.rename(cache / name)
+    url = f"http://127.0.0.1:9/{name}"  # never contacted: the cached file's hash matches
+    assert main(["fetch-default", "--url", url, "--sha256", digest[:8], "--cache-dir", str(cache),
+                 "--output", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 30_000_000

@@ -22,7 +22,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, command: list[str], model: Path, **settings):
+    def __init__(self, command: list[str], model: Path, log_path: Path | None = None, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -30,14 +30,17 @@ class Server:
                     "LANDMARKS_HOST": "127.0.0.1", "LANDMARKS_PROVIDERS": "cpu",
                     "LANDMARKS_LOG_LEVEL": "INFO"})
         env.update({f"LANDMARKS_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = open(os.devnull, "w") if not os.environ.get("SHOW_SERVER_LOG") else None
+        if log_path is not None:
+            self.log = open(log_path, "w")
+        else:
+            self.log = open(os.devnull, "w") if not os.environ.get("SHOW_SERVER_LOG") else None
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT if self.log else None,
                                         start_new_session=True)
 
     @classmethod
-    def python(cls, model: Path, **settings) -> "Server":
-        return cls([sys.executable, "-m", "service"], model, **settings)
+    def python(cls, model: Path, log_path: Path | None = None, **settings) -> "Server":
+        return cls([sys.executable, "-m", "service"], model, log_path, **settings)
 
     def wait_ready(self, timeout: float = 120.0) -> dict:
         deadline = time.time() + timeout

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_make_run_serves_the_model(tiny_onnx, sample):
-    server = Server(["make", "--no-print-directory", "run"], tiny_onnx)
+    server = Server(["make", "--no-print-directory", "run"], tiny_onnx, None)
     try:
         ready = server.wait_ready()
         assert ready["provider"] == "CPUExecutionProvider"
@@ -136,3 +136,22 @@ def test_sigterm_finishes_in_flight_work_refuses_new_and_exits(w18_onnx, sample)
     # as shells and supervisors expect); a crash would be another code.
     assert server.process.returncode in (0, -signal.SIGTERM)
     assert exited_after < 20
+
+
+def test_logs_are_json_lines_with_request_ids(tiny_onnx, sample, tmp_path):
+    log_path = tmp_path / "server.log"
+    server = Server.python(tiny_onnx, log_path=log_path)
+    try:
+        server.wait_ready()
+        response = httpx.post(server.url + "/landmarks", headers={"x-request-id": "trace-42"},
+                              files={"image": ("a.jpg", b"garbage", "image/jpeg")})
+        assert response.status_code == 415 and response.headers["x-request-id"] == "trace-42"
+    finally:
+        server.close()
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert any("UNTRAINED MODEL" in r["msg"] and r["level"] == "WARNING" for r in records)
+    assert any(r["msg"].startswith("model ") and r.get("provider") == "CPUExecutionProvider"
+               for r in records)
+    (access,) = [r for r in records if r.get("request_id") == "trace-42"]
+    assert access["status"] == 415 and access["route"] == "/landmarks" and "duration_ms" in access
