@@ -98,11 +98,11 @@ class DynamicBatcher:
         return self._depth
 
     def warm_up(self, row_shape: tuple[int, ...]) -> list[int]:
-        """Run every batch shape the batcher can emit once (cuDNN/TensorRT tune per shape)."""
-        sizes = self.buckets if self.pad_to_buckets else sorted(set(self.buckets))
-        for size in sizes:
+        """Run each bucket size once. With padding these are the only shapes the batcher emits
+        (cuDNN/TensorRT tune per shape); without it (CPU) they are representative sizes."""
+        for size in self.buckets:
             self._run(np.zeros((size, *row_shape), np.float32))
-        return sizes
+        return list(self.buckets)
 
     # -- request side ----------------------------------------------------------------
     async def submit(self, rows: np.ndarray, timeout_s: float | None = None) -> tuple[np.ndarray, BatchTiming]:
