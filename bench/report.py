@@ -1,0 +1,213 @@
+"""bench/RESULTS.md: a header, the targets table and one block per section.
+
+Each section sits between `<!-- section:NAME -->` markers with its summary as JSON in a
+comment, so `python -m bench --only stages` rewrites that block and keeps the others (and the
+targets table is recomputed from all summaries, each row saying when it was measured).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from .common import Context, SectionResult, machine, table, versions_line
+
+ORDER = ("model", "stages", "service", "memory")
+TITLES = {
+    "model": "1. Model: PyTorch eager vs onnxruntime",
+    "stages": "2. Pipeline stages",
+    "service": "3. Service end to end",
+    "memory": "4. Memory",
+}
+_SECTION = re.compile(r"<!-- section:(\w+) -->\n(.*?)<!-- /section:\1 -->", re.S)
+_SUMMARY = re.compile(r"<!-- summary (\{.*?\}) -->", re.S)
+
+
+def read_sections(path: Path) -> dict[str, tuple[str, dict]]:
+    """name -> (markdown body, summary) of the sections already in the file."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for name, body in _SECTION.findall(path.read_text()):
+        match = _SUMMARY.search(body)
+        summary = json.loads(match.group(1)) if match else {}
+        body = _SUMMARY.sub("", body).rstrip() + "\n"
+        out[name] = (body, summary)
+    return out
+
+
+def _fmt(value, digits=2, suffix="") -> str:
+    if value is None:
+        return "not measured"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def _verdict(ok) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets_table(summaries: dict[str, dict]) -> str:
+    m, st, sv, mem = (summaries.get(k, {}) for k in ORDER)
+    rows = []
+
+    def when(s):
+        return s.get("measured_at", "not run")
+
+    for flip in ("off", "on"):
+        model_ratio = sv.get("c1_ratio_model", {}).get(flip)
+        pipe_ratio = sv.get("c1_ratio_pipeline", {}).get(flip)
+        rows.append([
+            f"CPU batch 1, flip {flip}: HTTP per-face latency <= 1.10 x bare `session.run`",
+            f"{_fmt(model_ratio)} x bare model; {_fmt(pipe_ratio)} x bare model+pipeline"
+            if model_ratio else "not measured",
+            _verdict(None if model_ratio is None else model_ratio <= 1.10), when(sv)])
+    for flip in ("off", "on"):
+        ratio = sv.get("c16_tput_ratio", {}).get(flip)
+        pipe = sv.get("c16_tput_ratio_pipeline", {}).get(flip)
+        rows.append([
+            f"concurrency 16, flip {flip}: throughput >= 0.90 x bare onnxruntime at its best batch",
+            f"{_fmt(ratio)} x bare model (batch {sv.get('best_batch', '?')}); "
+            f"{_fmt(pipe)} x bare model+pipeline" if ratio else "not measured",
+            _verdict(None if ratio is None else ratio >= 0.90), when(sv)])
+    speed, per_face = st.get("dark_speedup_n1"), st.get("dark_ms_per_face_n1")
+    speed8, per_face8 = st.get("dark_speedup_n8"), st.get("dark_ms_per_face_n8")
+    rows.append([
+        "DARK, 98 keypoints: >= 10x faster than the per-keypoint loop; <= 1 ms per face",
+        f"{_fmt(speed, 1)}x, {_fmt(per_face, 3)} ms/face (1 face); "
+        f"{_fmt(speed8, 1)}x, {_fmt(per_face8, 3)} ms/face (8 faces)" if speed else "not measured",
+        _verdict(None if speed is None else speed >= 10 and per_face <= 1.0), when(st)])
+    r1, best = m.get("ort_vs_torch_by_batch", {}).get("1"), m.get("ort_vs_torch_best")
+    by_batch = ", ".join(f"batch {b}: {v:.2f}x" for b, v in m.get("ort_vs_torch_by_batch", {}).items())
+    rows.append([
+        "onnxruntime CPU >= 2 x PyTorch eager per face",
+        f"{by_batch or 'not measured'}; best vs best: {_fmt(best)}x",
+        _verdict(None if r1 is None else min(m["ort_vs_torch_by_batch"].values()) >= 2.0),
+        when(m)])
+    growth = mem.get("growth_pct")
+    rows.append([
+        f"memory growth over {mem.get('requests', 10000):,} requests <= 5 %",
+        f"{_fmt(growth, 2, ' %')} ({mem.get('model', '?')} model)" if growth is not None
+        else "not measured",
+        _verdict(None if growth is None else growth <= 5.0), when(mem)])
+    return table(["target", "measured", "verdict", "measured at"], rows)
+
+
+def notes(summaries: dict[str, dict]) -> list[str]:
+    """Why each missed target is missed, from the measured summaries (no numbers typed in)."""
+    st, sv = summaries.get("stages", {}), summaries.get("service", {})
+    out = []
+    b1 = sv.get("c1_breakdown_ms", {})
+    if b1:
+        parts = []
+        for flip, b in b1.items():
+            model = sv["bare_model_c1_ms"][flip]
+            pipe = b["decode"] + b["preprocess"] + b["postprocess"]
+            http = b["other"] + b["client_minus_server"]
+            without_delay = sv["c1_ratio_model"][flip] - b["queue"] / model
+            parts.append(
+                f"flip {flip}: bare model {model:.1f} ms; on top of it, in sequence, pipeline work "
+                f"{pipe:.1f} ms = **{pipe / model:.0%} of the model time** (decode "
+                f"{b['decode']:.1f} + preprocess {b['preprocess']:.1f} + DARK/response "
+                f"{b['postprocess']:.1f}), batcher delay {b['queue']:.1f} ms "
+                f"({b['queue'] / model:.0%}), HTTP/framework/thread hand-offs {http:.1f} ms "
+                f"({http / model:.0%}), and server-side inference {b['inference'] - model:+.1f} ms "
+                f"vs bare; without the batcher delay the ratio would be about {without_delay:.2f}")
+        out.append(
+            "- **Latency at concurrency 1.** " + "; ".join(parts) + ". The pipeline steps are "
+            "work every request needs and the margin is 10 % of the model time, so against the "
+            "bare model the target is at best borderline on this CPU; against the bare model + "
+            "pipeline (second figure) it is what the HTTP service adds. The removable part is the "
+            "batcher delay: with no other request on its way, the batcher still waits "
+            "`LANDMARKS_BATCH_TIMEOUT_MS` (2 ms) for company (see the experiment in section 3).")
+    b16 = sv.get("c16_breakdown_ms", {})
+    if b16 and sv.get("c16_tput_ratio"):
+        scan = sv.get("scan_rows_per_s", {})
+        best = str(sv.get("best_batch"))
+        batch_off = b16.get("off", {}).get("mean_batch", float("nan"))
+        near = min(scan, key=lambda k: abs(int(k) - batch_off)) if scan else None
+        pipe = st.get("pipeline_ms_per_face", {}).get("off")
+        out.append(
+            "- **Throughput at concurrency 16.** The bare loop runs only the network on both "
+            "cores; the service runs the network *and*, on the same two cores, "
+            + (f"about {pipe:.1f} ms of decode/crop/DARK/JSON CPU work per face (section 2) "
+               if pipe else "the decode/crop/DARK/JSON work ")
+            + "plus HTTP parsing, and the load generator takes its share too (CPU column). "
+            f"It also runs smaller batches (mean {batch_off:.1f} rows with 16 requests in flight, "
+            "because the rest are being decoded or post-processed) "
+            + (f"where bare onnxruntime does {scan[near]:.1f} rows/s at batch {near} against "
+               f"{scan[best]:.1f} at batch {best}. " if near and best in scan else ". ")
+            + "Against the bare model + pipeline doing the same work at the same batch size the "
+            "service is at "
+            + ", ".join(f"{v:.2f} (flip {k})" for k, v in sv.get("c16_tput_ratio_pipeline", {}).items())
+            + ", so the HTTP layer itself costs little; the gap to the bare model is CPU the "
+            "pipeline needs, which a GPU host (network on the GPU) does not take from the model.")
+    if st.get("dark_speedup_n1"):
+        out.append(
+            f"- **DARK.** {st['dark_speedup_n1']:.1f}x over the loop and "
+            f"{st['dark_ms_per_face_n1']:.2f} ms per face: both implementations must Gaussian-blur "
+            "all 98 whole maps (the blurred maximum rescales each map), one OpenCV call that is "
+            "most of the vectorised time (section 2); everything else is "
+            f"{st.get('dark_speedup_without_blur_n1', float('nan')):.1f}x faster than the loop. "
+            "Blurring only near the peaks would need the exact blurred maximum without "
+            "blurring the whole map, and the pipeline reproduces mmpose bit for bit.")
+    return out
+
+
+def write(path: Path, ctx: Context, results: list[SectionResult], timings: dict[str, float],
+          title: str = "Benchmark results") -> None:
+    sections = read_sections(path)
+    stamp = time.strftime("%Y-%m-%d %H:%M %Z")
+    for result in results:
+        result.summary["measured_at"] = stamp
+        sections[result.name] = (f"## {result.title}\n\n{result.markdown.rstrip()}\n", result.summary)
+    summaries = {name: s for name, (_, s) in sections.items()}
+    ran = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+    lines = [
+        f"# {title}",
+        "",
+        "<!-- Generated by `python -m bench` (bench/report.py). Each section block is rewritten "
+        "only by the run that measured it; edit bench/*.py, not this file. -->",
+        "",
+        f"Last run: {stamp}, command `{ctx.command}`{' (quick smoke run: short, noisy)' if ctx.quick else ''}; "
+        f"sections run: {ran or 'none'}.",
+        f"Machine: {machine()}.",
+        f"Versions: {versions_line()}.",
+        "",
+        "Every ratio below compares things measured side by side in one run (interleaved), "
+        "because the absolute numbers on a small shared machine drift. Each section ends with "
+        "its own date, machine, versions and the 1-minute load average before/after.",
+        "Related: [SOAK.md](SOAK.md) (`python -m bench.soak`, steady load over minutes), "
+        "[RESULTS-gpu.md](RESULTS-gpu.md) (`bash bench/gpu.sh` on a GPU host).",
+        "",
+        "## Targets",
+        "",
+        targets_table(summaries),
+        "",
+    ]
+    explained = notes(summaries)
+    if explained:
+        lines += ["Where the misses come from (figures from the sections below):", "", *explained, ""]
+    for name in ORDER + tuple(k for k in sections if k not in ORDER):
+        if name not in sections:
+            continue
+        body, summary = sections[name]
+        lines += [f"<!-- section:{name} -->", body.rstrip(), "",
+                  f"<!-- summary {json.dumps(summary, default=float)} -->",
+                  f"<!-- /section:{name} -->", ""]
+    lines += [
+        "## How to run",
+        "",
+        "- `make bench` (= `.venv/bin/python -m bench`): everything, about 10 minutes on 2 cores; "
+        "`--quick` for a smoke run, `--only model,stages,service,memory` for some sections "
+        "(the other blocks of this file are kept).",
+        "- `.venv/bin/python -m bench.soak --minutes 10`: steady load against a real server, "
+        "writes [SOAK.md](SOAK.md).",
+        "- `bash bench/gpu.sh`: on a GPU host, builds its own venv and writes "
+        "[RESULTS-gpu.md](RESULTS-gpu.md).",
+        "- Models: random-init exports (`python -m model_export export --random-init`) cached "
+        "in `bench/out/` (git-ignored) with raw JSON and server logs.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
