@@ -123,6 +123,9 @@ async def read_request(request: Request) -> tuple[bytes, object, str, bool | Non
             form = await request.form(max_files=1, max_fields=10)
         except Exception as exc:  # malformed multipart bodies raise parser-specific errors
             raise ApiError(422, "invalid_multipart", f"cannot parse multipart body: {str(exc)[:120]}") from None
+        repeated = [key for key in ("image", "bboxes", "bbox_format", "flip_test") if len(form.getlist(key)) > 1]
+        if repeated:
+            raise _error_422("invalid_field", f"field {repeated[0]!r} is given more than once")
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise _error_422("missing_image", "multipart field 'image' (a file) is required")
