@@ -126,10 +126,11 @@ def run(ctx: Context) -> SectionResult:
     quick = ctx.quick
     levels = (1, 16) if quick else (1, 4, 16, 64)
     rounds = 1 if quick else 2
-    windows = {1: (1.0, 4.0), 4: (2.0, 5.0), 16: (3.0, 6.0), 64: (5.0, 8.0)}  # warm-up, measure
+    c1_rounds = 1 if quick else 6
+    windows = {1: (0.5, 2.5), 4: (2.0, 5.0), 16: (3.0, 6.0), 64: (5.0, 8.0)}  # warm-up, measure
     if quick:
         windows = {1: (0.5, 2.0), 16: (2.0, 3.0)}
-    bare_time = 1.5 if quick else 3.0
+    bare_time = 1.5 if quick else 2.0
 
     bare = Bare(path, ctx.ort_providers)
     log("service: bare best-batch scan")
@@ -163,30 +164,43 @@ def run(ctx: Context) -> SectionResult:
                 fn()
             bare_rounds = {k: [] for k in fns}
             http_rounds = {c: [] for c in levels}
-            for r in range(rounds):
-                log(f"service: flip {key}, round {r + 1}/{rounds}")
+            def http_window(c):
+                nonlocal requests_total
+                warm, seconds = windows[c]
+                before, cpu0 = server.metrics(), server.cpu_seconds()
+                with RssSampler(server.pid) as sampler:
+                    result = loadgen.run(server.url + "/landmarks", str(IMAGE),
+                                         json.dumps(bare.boxes.tolist()), flip, c,
+                                         seconds=seconds, warmup_s=warm)
+                stats = window_stats(result)
+                stats["server"] = stage_means(before, server.metrics())
+                stats["server_cpu_s"] = server.cpu_seconds() - cpu0
+                stats["rss_peak"] = sampler.peak
+                rss_peaks[(key, c)] = max(rss_peaks.get((key, c), 0.0), sampler.peak)
+                requests_total += len(result["records"])
+                http_rounds[c].append(stats)
+                log(f"  c={c}: {stats['rps']:.2f} req/s, p50 {ms(stats['p50'], 0)} ms, "
+                    f"errors {stats['errors']}, mean batch {stats['server']['mean_batch']:.1f}")
+
+            # Concurrency 1 against the bare latency: short windows, more rounds, ABBA order.
+            for r in range(c1_rounds):
+                log(f"service: flip {key}, c=1 round {r + 1}/{c1_rounds}")
+                if r % 2:
+                    http_window(1)
                 for name in ("model_1", "pipeline_1"):
                     bare_rounds[name].append(time_calls(fns[name], bare_time, min_calls=3))
-                for c in levels:
+                if not r % 2:
+                    http_window(1)
+            # Higher concurrency against the bare throughput at the best batch size.
+            for r in range(rounds):
+                log(f"service: flip {key}, load round {r + 1}/{rounds}")
+                for c in levels[1:]:
                     if c == 16 or c == levels[-1]:
                         for name in ("model_best", "pipeline_best"):
                             if len(bare_rounds[name]) == r:
-                                bare_rounds[name].append(time_calls(fns[name], bare_time, min_calls=2))
-                    warm, seconds = windows[c]
-                    before, cpu0 = server.metrics(), server.cpu_seconds()
-                    with RssSampler(server.pid) as sampler:
-                        result = loadgen.run(server.url + "/landmarks", str(IMAGE),
-                                             json.dumps(bare.boxes.tolist()), flip, c,
-                                             seconds=seconds, warmup_s=warm)
-                    stats = window_stats(result)
-                    stats["server"] = stage_means(before, server.metrics())
-                    stats["server_cpu_s"] = server.cpu_seconds() - cpu0
-                    stats["rss_peak"] = sampler.peak
-                    rss_peaks[(key, c)] = max(rss_peaks.get((key, c), 0.0), sampler.peak)
-                    requests_total += len(result["records"])
-                    http_rounds[c].append(stats)
-                    log(f"  c={c}: {stats['rps']:.2f} req/s, p50 {ms(stats['p50'], 0)} ms, "
-                        f"errors {stats['errors']}, mean batch {stats['server']['mean_batch']:.1f}")
+                                bare_rounds[name].append(
+                                    time_calls(fns[name], bare_time, min_calls=2))
+                    http_window(c)
             data["flip"][key] = http_rounds
             data["bare"][key] = {**bare_rounds, "best_faces": best_faces}
         rss_after = server.rss_mib()
@@ -199,7 +213,7 @@ def run(ctx: Context) -> SectionResult:
                   for c, v in vv.items()} if k == "flip" else vv) for kk, vv in d.items()}
         for k, d in data.items() if k == "flip"}})
 
-    return _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_idle,
+    return _report(ctx, load0, data, scan, best, levels, (c1_rounds, rounds), windows, ready, rss_idle,
                    rss_after, rss_peaks, requests_total, server.settings, experiment, agreement)
 
 
@@ -397,8 +411,8 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
         + ", ".join(f"{v:.2g} px (flip {k})" for k, v in (agreement or {}).items()) + ".",
         "",
         f"Load: `bench/loadgen.py`, a separate process (asyncio + httpx, one keep-alive connection "
-        f"per in-flight request), closed loop at fixed concurrency; {win}; {rounds} round(s) per "
-        "level; throughput counts the 200s that completed inside the measuring window, latency "
+        f"per in-flight request), closed loop at fixed concurrency; {win}; {rounds[0]} rounds at "
+        f"c=1 and {rounds[1]} at the other levels; throughput counts the 200s that completed inside the measuring window, latency "
         "percentiles pool those requests over the rounds. **On this 2-core machine the load "
         "generator competes with the server for CPU** (its share is in the CPU column).",
         "",
