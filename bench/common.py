@@ -123,6 +123,17 @@ def loadavg() -> str:
         return "?"
 
 
+def machine_cpu_seconds() -> float:
+    """CPU-seconds all processes have used since boot (from /proc/stat), to tell how much of the
+    machine other processes took during a measurement."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def stamp(ctx: Context, started_load: str) -> str:
     """The line printed under every table: when, where, with what, how busy the machine was."""
     return (f"_Measured {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()}; {versions_line()}; "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from .common import OUT, ROOT
+from .common import OUT, ROOT, machine_cpu_seconds
 
 
 def free_port() -> int:
@@ -67,8 +67,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """user + system CPU seconds of the server process (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid)
 
     def metrics(self) -> dict[str, float]:
         return parse_metrics(httpx.get(self.url + "/metrics", timeout=30.0).text)
@@ -90,6 +89,11 @@ class Server:
         self.close()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -103,13 +107,17 @@ class RssSampler:
     def __init__(self, pid: int, interval: float = 0.2):
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, float]] = []  # (perf_counter, MiB)
+        # (perf_counter, CPU-seconds of all processes, CPU-seconds of this pid)
+        self.cpu: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.perf_counter(), rss_mib(self.pid)))
+                now = time.perf_counter()
+                self.samples.append((now, rss_mib(self.pid)))
+                self.cpu.append((now, machine_cpu_seconds(), process_cpu_seconds(self.pid)))
             except OSError:
                 return
             self._stop.wait(self.interval)

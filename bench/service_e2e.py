@@ -11,6 +11,7 @@ process is the reference, timed in alternation with the HTTP windows (server idl
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from .common import (
     flat,
     loadavg,
     log,
+    machine_cpu_seconds,
     median,
     ms,
     percentile,
@@ -168,6 +170,7 @@ def run(ctx: Context) -> SectionResult:
                 nonlocal requests_total
                 warm, seconds = windows[c]
                 before, cpu0 = server.metrics(), server.cpu_seconds()
+                all0, own0 = machine_cpu_seconds(), time.process_time()
                 with RssSampler(server.pid) as sampler:
                     result = loadgen.run(server.url + "/landmarks", str(IMAGE),
                                          json.dumps(bare.boxes.tolist()), flip, c,
@@ -175,6 +178,9 @@ def run(ctx: Context) -> SectionResult:
                 stats = window_stats(result)
                 stats["server"] = stage_means(before, server.metrics())
                 stats["server_cpu_s"] = server.cpu_seconds() - cpu0
+                # CPU taken by processes other than the server, the client and this one
+                stats["others_cpu_s"] = max(0.0, machine_cpu_seconds() - all0 - stats["server_cpu_s"]
+                                            - stats["client_cpu_s"] - (time.process_time() - own0))
                 stats["rss_peak"] = sampler.peak
                 rss_peaks[(key, c)] = max(rss_peaks.get((key, c), 0.0), sampler.peak)
                 requests_total += len(result["records"])
@@ -256,10 +262,14 @@ def _experiment(ctx: Context, path, bare: Bare) -> dict:
             for name in order:
                 server = servers[name]
                 for c, flip, warm, seconds in EXPERIMENT_WINDOWS:
-                    before = server.metrics()
+                    before, cpu0 = server.metrics(), server.cpu_seconds()
+                    all0, own0 = machine_cpu_seconds(), time.process_time()
                     stats = window_stats(loadgen.run(server.url + "/landmarks", str(IMAGE), boxes,
                                                      flip, c, seconds=seconds, warmup_s=warm))
                     stats["server"] = stage_means(before, server.metrics())
+                    stats["others_cpu"] = max(0.0, machine_cpu_seconds() - all0 - (
+                        server.cpu_seconds() - cpu0) - stats["client_cpu_s"] - (
+                        time.process_time() - own0)) / stats["wall_s"]
                     stats.pop("latencies")
                     key = f"c{c} flip {'on' if flip else 'off'}"
                     results.setdefault(name, {}).setdefault(key, []).append(stats)
@@ -287,7 +297,8 @@ def _experiment_md(experiment: dict | None) -> list[str]:
         key = "c16 flip off"
         row += [f"{median([s['rps'] for s in res[key]]):.2f}",
                 ratio_text([a["rps"] / b["rps"] for a, b in zip(res[key], base[key])]),
-                f"{median([s['server']['mean_batch'] for s in res[key]]):.1f}"]
+                f"{median([s['server']['mean_batch'] for s in res[key]]):.1f}",
+                f"{max(s['others_cpu'] for v in res.values() for s in v):.0%}"]
         rows.append(row)
     return [
         "",
@@ -301,7 +312,7 @@ def _experiment_md(experiment: dict | None) -> list[str]:
         "",
         table(["variant", "c=1 flip off p50 (ms)", "vs as is", "queue (ms)",
                "c=1 flip on p50 (ms)", "vs as is", "queue (ms)", "c=16 flip off faces/s",
-               "vs as is", "mean batch"], rows),
+               "vs as is", "mean batch", "other processes' CPU (max window)"], rows),
     ]
 
 
@@ -324,8 +335,10 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
                 for k, v in s["statuses"].items():
                     statuses[k] = statuses.get(k, 0) + v
             span = sum(s["span_s"] for s in http[c])
-            client_cpu = sum(s["client_cpu_s"] for s in http[c]) / sum(s["wall_s"] for s in http[c])
-            server_cpu = sum(s["server_cpu_s"] for s in http[c]) / sum(s["wall_s"] for s in http[c])
+            wall = sum(s["wall_s"] for s in http[c])
+            client_cpu = sum(s["client_cpu_s"] for s in http[c]) / wall
+            server_cpu = sum(s["server_cpu_s"] for s in http[c]) / wall
+            others_cpu = sum(s["others_cpu_s"] for s in http[c]) / wall
             tput_ratio = [s["rps"] / b for s, b in zip(http[c], bare_fps)]
             perf_rows.append([
                 key, c, f"{median(rps):.2f}", ms(percentile(pooled, 50), 0),
@@ -333,7 +346,7 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
                 f"{errors}" + (f" ({', '.join(f'{k}: {v}' for k, v in statuses.items() if k != '200')})"
                                if errors else ""),
                 f"{median([s['server']['mean_batch'] for s in http[c]]):.1f}",
-                ratio_text(tput_ratio), f"{server_cpu:.0%} / {client_cpu:.0%}",
+                ratio_text(tput_ratio), f"{server_cpu:.0%} / {client_cpu:.0%} / {others_cpu:.0%}",
                 f"{rss_peaks[(key, c)]:.0f}", f"{sum(s['ok'] for s in http[c])} in {span:.0f} s",
             ])
             if c == 16:
@@ -384,6 +397,9 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
                 f"{median([s['rps'] for s in http[16]]):.2f}", f"{median(bare_pipe_fps):.2f}",
                 ratio_text([s["rps"] / b for s, b in zip(http[16], bare_pipe_fps)]), "(info)"])
 
+    fivehundreds = sum(s["statuses"].get("500", 0) for key in ("off", "on")
+                       for c in levels for s in data["flip"][key][c])
+    summary["http_500"] = fivehundreds
     summary["scan_rows_per_s"] = {str(b): v for b, v in scan.items()}
     if experiment:
         res = experiment["results"]
@@ -414,7 +430,9 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
         f"per in-flight request), closed loop at fixed concurrency; {win}; {rounds[0]} rounds at "
         f"c=1 and {rounds[1]} at the other levels; throughput counts the 200s that completed inside the measuring window, latency "
         "percentiles pool those requests over the rounds. **On this 2-core machine the load "
-        "generator competes with the server for CPU** (its share is in the CPU column).",
+        "generator competes with the server for CPU** (its share is in the CPU column, 200 % = both "
+        "cores), and so does anything else running on the machine (`other processes`, from "
+        "/proc/stat: when it is well above 0 %, that row was measured on a busy machine).",
         "",
         f"Reference: the same work in this process, timed between the HTTP windows (server idle): "
         f"`session.run` on the same rows (flip on = 2 rows per face), and model + pipeline "
@@ -422,7 +440,8 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
         f"scan (rows/s by batch): {scan_text} -> best batch **{best}** rows.",
         "",
         table(["flip", "concurrency", "faces/s", "p50 (ms)", "p95 (ms)", "p99 (ms)", "errors",
-               "mean batch (server)", "faces/s vs bare best batch", "CPU server / client",
+               "mean batch (server)", "faces/s vs bare best batch",
+               "CPU: server / client / other processes",
                "peak RSS (MiB)", "requests measured"], perf_rows),
         "",
         "**Against the targets** (ratios are medians of per-round ratios, range in brackets):",
@@ -437,6 +456,9 @@ def _report(ctx, load0, data, scan, best, levels, rounds, windows, ready, rss_id
         table(["flip", "c", "decode", "preprocess", "queue", "inference", "postprocess", "other",
                "server request", "client latency", "client - server"], stage_rows),
         "",
+        *(["", f"**{fivehundreds} responses were HTTP 500** (an internal error, which the API "
+                "promises never to leak); their tracebacks are in `bench/out/service_e2e.log`."]
+          if fivehundreds else []),
         *_experiment_md(experiment),
         "",
         f"Memory of this worker (W18): RSS {rss_idle:.0f} MiB idle after warm-up, peak "

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     records = result["records"]
     rss = [(t - t_start, m) for t, m in sampler.samples]
+    cpu = [(t - t_start, a, p) for t, a, p in sampler.cpu]
     n_windows = max(1, int(round(seconds / args.window)))
     rows, window_p50 = [], []
     for w in range(n_windows):
@@ -89,11 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         errors = len(inside) - len(ok)
         rss_in = [m for t, m in rss if lo <= t < hi]
         rss_last = rss_in[-1] if rss_in else float("nan")
+        cpu_in = [x for x in cpu if lo <= x[0] < hi]
+        if len(cpu_in) >= 2:
+            span = cpu_in[-1][0] - cpu_in[0][0]
+            server_cpu = (cpu_in[-1][2] - cpu_in[0][2]) / span
+            rest_cpu = (cpu_in[-1][1] - cpu_in[0][1]) / span - server_cpu
+        else:
+            server_cpu = rest_cpu = float("nan")
         window_p50.append(percentile(ok, 50))
         rows.append([f"{lo / 60:.1f}-{hi / 60:.1f}", len(ok), f"{len(ok) / args.window:.2f}",
                      ms(percentile(ok, 50), 0), ms(percentile(ok, 95), 0),
                      ms(percentile(ok, 99), 0), errors, f"{rss_last:.0f}",
-                     f"{max(rss_in, default=float('nan')):.0f}"])
+                     f"{max(rss_in, default=float('nan')):.0f}", f"{server_cpu:.0%}",
+                     f"{rest_cpu:.0%}"])
     first_rss = next((m for t, m in rss if t >= args.window), rss_ready)
     dump_json("soak", {"records": records, "rss": rss})
     statuses: dict[str, int] = {}
@@ -110,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         f"requests in flight from `bench/loadgen.py` (separate process) for {args.minutes:g} "
         f"minutes; request = the 1024x661 WFLW sample JPEG with its face box, flip test "
         f"{'on' if args.flip else 'off'}. RSS = VmRSS from /proc, sampled every second. On a "
-        "2-core machine the load generator shares the CPU with the server.",
+        "2-core machine the load generator shares the CPU with the server (200 % = both cores); "
+        "the last column shows when other processes took CPU too.",
         "",
         table(["minutes", "requests OK", "req/s", "p50 (ms)", "p95 (ms)", "p99 (ms)", "errors",
-               "RSS at window end (MiB)", "RSS max (MiB)"], rows),
+               "RSS at window end (MiB)", "RSS max (MiB)", "server CPU",
+               "CPU of everything else (load generator + other processes)"], rows),
         "",
         f"Totals: {len(records)} requests, status counts {statuses}; server "
         f"{'still alive' if alive else 'DIED'} at the end. RSS {rss_ready:.0f} MiB after warm-up, "
