@@ -39,7 +39,9 @@ def batch_buckets(max_batch_size: int) -> list[int]:
     return sorted(sizes)
 
 
-@dataclass
+# eq=False: jobs compare by identity; field-wise equality would compare numpy arrays
+# (and raise) when `job in self._jobs` runs on a timeout with other jobs queued ahead.
+@dataclass(eq=False)
 class _Job:
     rows: np.ndarray
     future: asyncio.Future

@@ -127,3 +127,28 @@ def test_a_failing_run_fails_only_its_requests():
     finally:
         batcher.stop()
     np.testing.assert_array_equal(out, rows(2, 2) * 2.0)
+
+
+def test_timeouts_behind_other_queued_jobs_withdraw_cleanly():
+    """Several waiting jobs time out in turn: each gets TimeoutError (never a ValueError from
+    comparing jobs' arrays) and none of their rows stays queued or runs."""
+    net = FakeNet(delay=0.3)
+    batcher = DynamicBatcher(net, max_batch_size=1, batch_timeout_ms=0, max_queue=100)
+    batcher.start()
+
+    async def main():
+        blocker = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(batcher.submit(rows(i, 2), timeout_s=0.05 + 0.02 * (5 - i)))
+                   for i in range(1, 6)]
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        depth = batcher.depth
+        await blocker
+        return outcomes, depth
+
+    try:
+        outcomes, depth = asyncio.run(main())
+    finally:
+        batcher.stop()
+    assert all(isinstance(o, asyncio.TimeoutError) for o in outcomes), outcomes
+    assert depth == 0 and sum(net.sizes) == 1
