@@ -166,7 +166,8 @@ def run(ctx: Context) -> SectionResult:
                 fn()
             bare_rounds = {k: [] for k in fns}
             http_rounds = {c: [] for c in levels}
-            def http_window(c):
+
+            def http_window(c, flip=flip, key=key, http_rounds=http_rounds):
                 nonlocal requests_total
                 warm, seconds = windows[c]
                 before, cpu0 = server.metrics(), server.cpu_seconds()
