@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import __version__
-from .api import landmarks, status
+from .api import landmarks, metrics as metrics_route, status
 from .api.errors import install_error_handlers
 from .api.middleware import RequestGuard
 from .engine.runtime import LandmarkRuntime
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(landmarks.router)
     app.include_router(status.router)
+    app.include_router(metrics_route.router)
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST"], allow_headers=["*"])

@@ -47,6 +47,25 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0.0)
     # Max landmark deviation (px on a 256 px crop) allowed by the start-up golden self-check.
     golden_tolerance_px: float = Field(0.5, gt=0.0)
+    # Serving processes under one supervisor (see README "Sizing workers").
+    workers: int = Field(1, ge=1, le=64)
+    # A connection that has not delivered its whole request within this many seconds is closed.
+    read_timeout_s: float = Field(30.0, gt=0.0)
+    # Face detection when a request has no boxes: retinaface | none (whole image is one face).
+    detector: str = "retinaface"
+    detector_path: Path = Path("models/retinaface_mnet025.onnx")
+    detect_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    detect_max_side: int = Field(640, ge=32, le=4096)
+    # /landmarks/render output is scaled down beyond this long side (pixels).
+    render_max_side: int = Field(2048, ge=64, le=16384)
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in ("retinaface", "none"):
+            raise ValueError("LANDMARKS_DETECTOR must be 'retinaface' or 'none'")
+        return value
 
     @field_validator("providers")
     @classmethod

@@ -1,11 +1,10 @@
-"""Liveness, readiness, Prometheus metrics and model description. None of them touch the
+"""Liveness, readiness and model description. None of them touch the
 batcher queue, so they answer even when inference is saturated."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 
 from service.pipeline.keypoints import WFLW_GROUPS
 
@@ -33,12 +32,6 @@ async def readyz(request: Request) -> JSONResponse:
         golden=readiness.golden,
     )
     return JSONResponse(body.model_dump(), status_code=200 if readiness.ready else 503)
-
-
-@router.get("/metrics", summary="Prometheus metrics (all series prefixed landmarks_)",
-            response_class=Response)
-async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/model", summary="The served model: keypoints, groups, flip pairs, sizes, provider",

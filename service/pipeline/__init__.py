@@ -1,6 +1,6 @@
 """Pure NumPy/OpenCV pre- and post-processing of mmpose's WFLW HRNetV2 + DARK pipeline.
 
-See tests/data/PIPELINE.md for the specification this package follows.
+See docs/PIPELINE.md for the specification this package follows.
 """
 
 from .config import PipelineConfig
