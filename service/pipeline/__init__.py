@@ -3,8 +3,8 @@
 See docs/PIPELINE.md for the specification this package follows.
 """
 
-from .config import PipelineConfig
-from .dark import argmax_heatmaps, decode_heatmaps, modulate, taylor_refine
+from .config import HeatmapCodec, PipelineConfig, blur_kernel_for_sigma
+from .dark import argmax_heatmaps, decode_heatmaps
 from .flip import flip_back, flip_inputs, merge_flip
 from .geometry import (
     affine_transform_points,
@@ -23,11 +23,13 @@ from .preprocess import (
 )
 
 __all__ = [
+    "HeatmapCodec",
     "ImageDecodeError",
     "ImageTooLargeError",
     "PipelineConfig",
     "affine_transform_points",
     "argmax_heatmaps",
+    "blur_kernel_for_sigma",
     "box_to_center_scale",
     "crop_faces",
     "decode_heatmaps",
@@ -37,9 +39,7 @@ __all__ = [
     "get_affine_transform",
     "heatmap_to_image",
     "merge_flip",
-    "modulate",
     "normalize",
     "read_image_size",
-    "taylor_refine",
     "xyxy_to_xywh",
 ]

@@ -1,8 +1,11 @@
-"""DARK heatmap decoding, vectorised over faces and keypoints (PIPELINE.md sections 4 and 8).
+"""DARK heatmap decoding, vectorised over faces and keypoints (docs/PIPELINE.md sections 4, 8).
 
 argmax -> Gaussian modulation -> log -> second-order Taylor step -> image pixels, reproducing
 mmpose 0.x under numpy 1.x bit for bit (section 0): every dtype conversion below is explicit,
 so numpy 2's different scalar promotion cannot change a result.
+
+The blur kernel and the box unit come from the model's `HeatmapCodec` (`config.py`): the kernel
+must match the sigma the model was trained with (11 for sigma 2, 17 for sigma 3).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import threading
 import cv2
 import numpy as np
 
-from .geometry import heatmap_to_image
+from .geometry import PIXEL_STD, heatmap_to_image
 
 _LOG_FLOOR = np.float32(1e-10)
 # Maps blurred per cv2 call in decode_heatmaps. Bounded so the per-thread scratch buffers stay
@@ -45,27 +48,17 @@ def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, maxvals
 
 
-def _blur_stack(maps: np.ndarray, kernel: int) -> np.ndarray:
-    """cv2.GaussianBlur((k, k), 0) of each zero-padded map (M, H, W) -> (M, H, W) float32.
+def _blur_padded(maps: np.ndarray, padded: np.ndarray, out: np.ndarray, border: int,
+                 kernel: int) -> np.ndarray:
+    """cv2.GaussianBlur((k, k), 0) of each zero-padded map (M, H, W), through caller-owned
+    buffers (`padded` must have zero borders); returns a view of `out` (M, H, W).
 
     The padded maps are stacked vertically into one tall image and blurred in one call. Each
     map keeps its own `border` rows of zeros above and below, so no kernel reaches a neighbour,
     and the image width equals a single padded map's width, so OpenCV runs the very same
-    row/column arithmetic per pixel as on one map at a time: the result is bit-identical to
-    per-map blurring (checked in tests/pipeline/test_dark.py).
+    row/column arithmetic per pixel as on one map at a time: bit-identical to per-map blurring
+    (tests/pipeline/test_dark.py compares against a per-map loop).
     """
-    m, h, w = maps.shape
-    if m == 0:
-        return np.empty_like(maps)
-    border = (kernel - 1) // 2
-    padded = np.zeros((m, h + 2 * border, w + 2 * border), dtype=np.float32)
-    return _blur_padded(maps, padded, np.empty_like(padded), border, kernel).copy()
-
-
-def _blur_padded(maps: np.ndarray, padded: np.ndarray, out: np.ndarray, border: int,
-                 kernel: int) -> np.ndarray:
-    """Blur `maps` (M, H, W) through caller-owned buffers; `padded` must have zero borders.
-    Returns a view of `out` (M, H, W)."""
     m, h, w = maps.shape
     padded[:, border:border + h, border:border + w] = maps
     tall = padded.reshape(m * (h + 2 * border), w + 2 * border)
@@ -83,49 +76,10 @@ def _scratch_buffers(m: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.nda
     return _scratch.padded, _scratch.out
 
 
-def _blur_and_factor(heatmaps: np.ndarray, kernel: int) -> tuple[np.ndarray, np.ndarray]:
-    """Blurred maps (N, K, H, W) float32 and the rescale factor m0 / blurred max (N, K) float32."""
-    if kernel % 2 != 1:
-        raise ValueError(f"modulation kernel must be odd, got {kernel}")
-    n, k, h, w = heatmaps.shape
-    maps = heatmaps.reshape(n * k, h, w)
-    blurred = _blur_stack(maps, kernel)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # float32 / float32, taken literally: 0/0 -> NaN, a negative blurred max flips signs.
-        factor = np.max(maps, axis=(1, 2)) / np.max(blurred, axis=(1, 2))
-    return blurred.reshape(n, k, h, w), factor.reshape(n, k)
-
-
 def _log_modulated(blurred: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """log(max(blurred * factor, 1e-10)) elementwise in float32 (section 4.2)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.log(np.maximum(blurred * factor, _LOG_FLOOR))
-
-
-def modulate(heatmaps: np.ndarray, kernel: int = 11) -> np.ndarray:
-    """DARK distribution modulation (section 4.2): (N, K, H, W) -> log-maps (N, K, H, W) float32.
-
-    Blur each map padded with (kernel-1)//2 zeros, rescale so its maximum equals the original
-    maximum m0 (float32 m0 / blurred max, taken literally: an all-zero map becomes NaN and a
-    negative blurred max flips the sign), then L = log(max(map, 1e-10)).
-    """
-    blurred, factor = _blur_and_factor(np.asarray(heatmaps, dtype=np.float32), kernel)
-    return _log_modulated(blurred, factor[..., None, None])
-
-
-def taylor_refine(coords: np.ndarray, log_maps: np.ndarray) -> np.ndarray:
-    """One Newton step on the log-maps at each integer peak (section 4.3): coords (N, K, 2) float32.
-
-    coords: (N, K, 2) from argmax_heatmaps; log_maps: (N, K, H, W) from modulate. A point moves
-    only if 2 <= px <= W-3 and 2 <= py <= H-3 (truncated ints) and the Hessian determinant is
-    not exactly 0. Derivatives mix float32 and float64 exactly as numpy 1 did in mmpose.
-    """
-    log_maps = np.asarray(log_maps, dtype=np.float32)
-
-    def sample(n_idx, k_idx, y, x, dy, dx):
-        return log_maps[n_idx, k_idx, y + dy, x + dx]
-
-    return _taylor_step(coords, log_maps.shape[2:], sample)
 
 
 def _taylor_step(coords: np.ndarray, map_hw: tuple[int, int], sample) -> np.ndarray:
@@ -195,15 +149,17 @@ def _invert_2x2(hessians: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return inverses, ok
 
 
-def decode_heatmaps(heatmaps: np.ndarray, center, scale, kernel: int = 11
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def decode_heatmaps(heatmaps: np.ndarray, center, scale, kernel: int = 11,
+                    pixel_std: float = PIXEL_STD) -> tuple[np.ndarray, np.ndarray]:
     """DARK decode of flip-averaged heatmaps (N, K, H, W) float32 into image landmarks.
 
-    center, scale: (N, 2) crop boxes (cast to float32). Returns landmarks (N, K, 2) float32 in
-    image pixels and scores (N, K) float32 (the unblurred heatmap maxima, possibly <= 0).
+    center, scale: (N, 2) crop boxes (cast to float32), scale in units of `pixel_std` pixels.
+    kernel: the codec's odd blur kernel (`PipelineConfig.modulate_kernel`). Returns landmarks
+    (N, K, 2) float32 in image pixels and scores (N, K) float32 (the unblurred heatmap maxima,
+    possibly <= 0).
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
-    n, k, h, w = heatmaps.shape
+    h, w = heatmaps.shape[2:]
     coords, scores = argmax_heatmaps(heatmaps)
     factor, stencil = _blur_factor_and_stencil(heatmaps, coords, kernel)
 
@@ -214,7 +170,7 @@ def decode_heatmaps(heatmaps: np.ndarray, center, scale, kernel: int = 11
         return _log_modulated(values, factor[n_idx, k_idx])
 
     coords = _taylor_step(coords, (h, w), sample)
-    landmarks = heatmap_to_image(coords, center, scale, (w, h))
+    landmarks = heatmap_to_image(coords, center, scale, (w, h), pixel_std)
     return landmarks, scores
 
 

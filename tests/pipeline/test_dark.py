@@ -6,15 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from service.pipeline.dark import (
-    _blur_stack,
-    argmax_heatmaps,
-    decode_heatmaps,
-    modulate,
-    taylor_refine,
-)
+from service.pipeline.config import HeatmapCodec, PipelineConfig
+from service.pipeline.dark import argmax_heatmaps, decode_heatmaps
 from service.pipeline.geometry import heatmap_to_image
 from tests.reference.dark_loop import _modulated_log_map, decode_heatmaps_loop
+from tests.reference.dark_whole_map import blur_stack, modulate, taylor_refine
 
 N, K, H, W = 3, 98, 64, 64
 GRID_Y, GRID_X = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -139,7 +135,7 @@ def test_decode_matches_reference_loop_bit_for_bit(family):
     assert scores.shape == (N, K) and scores.dtype == np.float32
     np.testing.assert_array_equal(landmarks, ref_landmarks)
     np.testing.assert_array_equal(scores, ref_scores)
-    # The public step-by-step path agrees with both (decode only evaluates the log-map at
+    # The whole-map step-by-step form agrees with both (decode only evaluates the log-map at
     # the Taylor samples; modulate computes whole maps).
     log_maps = modulate(maps)
     expected_maps = np.stack([_modulated_log_map(m, 11) for m in maps.reshape(-1, H, W)])
@@ -167,7 +163,7 @@ def test_the_edge_case_families_exercise_what_they_claim():
     assert np.any(refined[:, 0::4] != coords[:, 0::4])
     # Negative blurred maximum: the modulated map is the blurred map times a negative factor.
     maps = negative_blurred_max(rng)
-    blurred = _blur_stack(maps.reshape(-1, H, W), 11)
+    blurred = blur_stack(maps.reshape(-1, H, W), 11)
     assert np.all(blurred.max(axis=(1, 2)) < 0)
     assert np.all(np.isfinite(modulate(maps)))
     # All-zero maps modulate to NaN, but decode to the -1 position without NaNs.
@@ -204,7 +200,7 @@ def test_batched_blur_is_bit_identical_to_per_map_blur():
             padded[border:-border, border:-border] = maps[i]
             expected[i] = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border,
                                                                          border:-border]
-        np.testing.assert_array_equal(_blur_stack(maps, kernel), expected)
+        np.testing.assert_array_equal(blur_stack(maps, kernel), expected)
 
 
 def test_taylor_skips_points_outside_the_window():
@@ -237,3 +233,50 @@ def test_dark_recovers_subpixel_gaussian_centres():
     expected = true_xy * 250 / 64 + center[:, None] - 125
     assert np.abs(landmarks - expected).max() <= 0.05 * 250 / 64
     np.testing.assert_array_equal(landmarks, heatmap_to_image(refined, center, scale, (W, H)))
+
+
+def _noisy_gaussians(rng, sigma: float, count: int, noise: float):
+    """count Gaussian maps of `sigma` at random sub-pixel centres (1, count, H, W) plus white
+    noise, and the true centres (1, count, 2) in heatmap pixels."""
+    true_xy = rng.uniform(12, 52, (1, count, 2))
+    cx = true_xy[..., 0, None, None].astype(np.float32)
+    cy = true_xy[..., 1, None, None].astype(np.float32)
+    maps = np.exp(-((GRID_X - cx) ** 2 + (GRID_Y - cy) ** 2) / np.float32(2 * sigma**2))
+    maps = maps + rng.normal(0, noise, maps.shape)
+    return maps.astype(np.float32), true_xy
+
+
+@pytest.mark.parametrize("sigma", [2.0, 3.0])
+def test_the_codec_kernel_of_the_training_sigma_decodes_best(sigma):
+    """DARK's blur should match the target Gaussian: on noisy heatmaps of sigma 3 the codec's
+    kernel 17 finds the centres better than the old fixed 11, and for sigma 2 it is 11 that
+    wins (so it is the match that helps, not merely a wider blur)."""
+    codec = HeatmapCodec(sigma=sigma)
+    assert codec.blur_kernel == {2.0: 11, 3.0: 17}[sigma]
+    other = {11: 17, 17: 11}[codec.blur_kernel]
+    maps, true_xy = _noisy_gaussians(np.random.default_rng(5), sigma, 300, noise=0.05)
+    center = np.float32([[100.0, 100.0]])
+    scale = np.float32([[W / 200, H / 200]])  # one heatmap pixel = one image pixel
+
+    def mean_error(kernel: int) -> float:
+        landmarks, _ = decode_heatmaps(maps, center, scale, kernel)
+        return float(np.linalg.norm(landmarks - (true_xy + center[:, None] - W / 2), axis=-1).mean())
+
+    matched, mismatched = mean_error(codec.blur_kernel), mean_error(other)
+    assert matched < 0.95 * mismatched, (matched, mismatched)
+
+
+def test_decode_with_a_sigma_3_config_uses_kernel_17_and_its_pixel_std():
+    config = PipelineConfig(codec=HeatmapCodec(sigma=3.0, pixel_std=100.0))
+    rng = np.random.default_rng(9)
+    maps = noisy_network_like(rng)
+    center, scale = boxes(N, rng)
+    landmarks, scores = decode_heatmaps(maps, center, scale, config.modulate_kernel,
+                                        config.pixel_std)
+    # a box of `scale` units of 100 px is scale / 2 units of 200 px (exact in float32); the
+    # reference loop works in mmpose's 200 px units
+    ref_landmarks, ref_scores = decode_heatmaps_loop(maps, center, scale / 2, kernel=17)
+    np.testing.assert_array_equal(landmarks, ref_landmarks)
+    np.testing.assert_array_equal(scores, ref_scores)
+    with_11, _ = decode_heatmaps_loop(maps, center, scale / 2, kernel=11)
+    assert np.abs(with_11 - landmarks).max() > 1e-3  # the kernel does change the answer
