@@ -4,6 +4,7 @@ own pipeline (`service.pipeline.faces.predict` on an onnxruntime session opened 
 
     python -m model_export evaluate --model model.onnx --wflw-root DIR [--split test]
     python -m model_export evaluate --model model.onnx --ann-file FILE.json --img-dir DIR
+    python -m model_export evaluate ... --boxes detector   # also with detected face boxes
 
 Each face is cropped from the annotation's centre and scale * 1.25 (PIPELINE.md section 6),
 with the flip test on unless --no-flip-test. Reported per evaluation set: NME (inter-ocular,
@@ -12,6 +13,14 @@ the full split plus the six attribute subsets (pose, illumination, occlusion, bl
 expression): from the flags for the official text files, from mmpose's
 `<stem>_{largepose,...}.json` files next to `--ann-file` for the JSON form. Written under
 --out-dir: results.md, results.json (with every face's NME) and ced.png.
+
+With `--boxes detector` the same faces are also measured the way the service handles a request
+without boxes: the RetinaFace detector (docs/DETECTOR.md) runs on each image, its boxes are
+matched one to one with the annotated faces (IoU of the calibrated face box with the
+annotation's square face box >= 0.3) and the matched faces are cropped from the calibrated
+detector box. Faces the detector misses are reported as misses (count and rate; counted as
+failures in the "with misses" figures), never silently dropped; the annotation-box NME of the
+same detected faces is printed beside, so the cost of detection is visible.
 """
 
 from __future__ import annotations
@@ -21,24 +30,32 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from service.pipeline.config import PipelineConfig
+from service.pipeline.detect import DetectorCalibration, detector_boxes_to_center_scale
 from service.pipeline.faces import predict
 from service.pipeline.keypoints import NME_NORM_INDICES
 
 from . import metrics
 from .data.transforms import padded_center_scale
 from .data.wflw import SUBSET_ORDER, FaceRecord, WFLWError, WFLWSource, find_split, load_rgb
+from .detector import DEFAULT_OUTPUT as DEFAULT_DETECTOR_PATH
+from .detector import MATCH_MIN_IOU, detect_and_match, fetch_detector
+
+BOX_SOURCES = ("annotation", "detector")
 
 
 def predict_records(run: Callable[[np.ndarray], np.ndarray], records: Sequence[FaceRecord],
                     config: PipelineConfig, flip_test: bool = True, max_batch: int = 32,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False,
+                    crops: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Landmarks (N, K, 2) float32 of each face, through `faces.predict` (one call per image:
-    all faces of an image are cropped from one decode)."""
+    all faces of an image are cropped from one decode). Crops: the annotations' centre and
+    scale * padding, or `crops` = (center [N, 2], scale [N, 2]) in the pipeline's convention."""
     groups: dict[Path, list[int]] = {}
     for i, record in enumerate(records):
         groups.setdefault(record.image_path, []).append(i)
@@ -52,10 +69,13 @@ def predict_records(run: Callable[[np.ndarray], np.ndarray], records: Sequence[F
     try:
         for path, indices in groups.items():
             rgb = load_rgb(path)
-            boxes = [padded_center_scale(records[i].center, records[i].scale, config)
-                     for i in indices]
-            center = np.stack([c for c, _ in boxes])
-            scale = np.stack([s for _, s in boxes])
+            if crops is None:
+                boxes = [padded_center_scale(records[i].center, records[i].scale, config)
+                         for i in indices]
+                center = np.stack([c for c, _ in boxes])
+                scale = np.stack([s for _, s in boxes])
+            else:
+                center, scale = crops[0][indices], crops[1][indices]
             landmarks, _ = predict(run, rgb, center, scale, config, flip_test, max_batch)
             out[indices] = landmarks
             if bar is not None:
@@ -79,9 +99,12 @@ def _face_key(record: FaceRecord) -> tuple:
 
 
 def evaluate_sets(run, sets: dict[str, list[FaceRecord]], config: PipelineConfig,
-                  flip_test: bool, max_batch: int, threshold: float, progress: bool = False
-                  ) -> dict:
-    """Predict every distinct face once, then score each set. Returns {"sets", "faces"}."""
+                  flip_test: bool, max_batch: int, threshold: float, progress: bool = False,
+                  detector=None, calibration: DetectorCalibration | None = None,
+                  detect_max_side: int = 640, detect_threshold: float = 0.5) -> dict:
+    """Predict every distinct face once, then score each set. Returns {"sets", "faces"}, plus
+    "detector_sets" when a `detector` (anything with detect(rgb, max_side, threshold) ->
+    Detections) is given: each face is also cropped from its matched, calibrated detector box."""
     unique: dict[tuple, int] = {}
     records: list[FaceRecord] = []
     for faces in sets.values():
@@ -104,7 +127,50 @@ def evaluate_sets(run, sets: dict[str, list[FaceRecord]], config: PipelineConfig
          "nme": None if np.isnan(face_nme[i]) else float(face_nme[i])}
         for i, r in enumerate(records)
     ]
-    return {"sets": results, "faces": per_face}
+    out = {"sets": results, "faces": per_face}
+    if detector is None:
+        return out
+
+    calibration = calibration or DetectorCalibration.load()
+    found = [box for _, box in detect_and_match(detector, records, detect_max_side,
+                                                 detect_threshold, MATCH_MIN_IOU, calibration,
+                                                 progress)]
+    detected = np.array([box is not None for box in found], dtype=bool)
+    det_errors = np.zeros_like(errors)
+    det_valid = np.zeros_like(valid)
+    if detected.any():
+        hits = np.flatnonzero(detected)
+        center, scale = detector_boxes_to_center_scale(np.stack([found[i] for i in hits]),
+                                                       calibration, config)
+        det_pred = predict_records(run, [records[i] for i in hits], config, flip_test, max_batch,
+                                   progress, crops=(center, scale))
+        det_errors[hits], det_valid[hits] = record_errors([records[i] for i in hits], det_pred)
+    det_face_nme = np.where(detected, metrics.per_face_nme(det_errors, det_valid), np.nan)
+    detector_sets = {}
+    for name, faces in sets.items():
+        index = np.array([unique[_face_key(r)] for r in faces], dtype=np.int64)
+        hit = index[detected[index]]
+        misses = int(len(index) - len(hit))
+        summary = {"faces": len(index), "detected": len(hit), "misses": misses,
+                   "miss_rate": misses / max(1, len(index))}
+        if len(hit):
+            on_detector = metrics.summarize(det_errors[hit], det_valid[hit], threshold)
+            summary.update({k: on_detector[k] for k in ("nme", "failure_rate", "auc")})
+            summary["nme_annotation_same_faces"] = metrics.nme_from_errors(errors[hit], valid[hit])
+        else:
+            summary.update(nme=None, failure_rate=None, auc=None, nme_annotation_same_faces=None)
+        # a miss is a face the service would not have answered: a failure with infinite error
+        with_misses = np.concatenate([det_face_nme[hit], np.full(misses, np.inf)])
+        summary["failure_rate_with_misses"] = metrics.failure_rate(with_misses, threshold)
+        summary["auc_with_misses"] = metrics.auc(with_misses, threshold)
+        summary["face_nme"] = with_misses
+        detector_sets[name] = summary
+    for i, face in enumerate(per_face):
+        face["detected"] = bool(detected[i])
+        face["detector_box"] = None if found[i] is None else [float(v) for v in found[i]]
+        face["nme_detector"] = None if np.isnan(det_face_nme[i]) else float(det_face_nme[i])
+    out["detector_sets"] = detector_sets
+    return out
 
 
 # --------------------------------------------------------------------------- reporting
@@ -123,6 +189,25 @@ def markdown_table(sets: dict[str, dict], threshold: float) -> str:
         s = sets[name]
         lines.append(f"| {name} | {s['faces']} | {s['nme'] * 100:.2f} | "
                      f"{s['failure_rate'] * 100:.2f} | {s['auc']:.4f} |")
+    return "\n".join(lines)
+
+
+def detector_table(detector_sets: dict[str, dict], threshold: float) -> str:
+    """Per set: faces, detected, misses, NME on the detected faces with annotation boxes and with
+    detector boxes, and the failure rate / AUC with misses counted as failures."""
+    t = f"{threshold:.2f}"
+
+    def pct(value):
+        return "-" if value is None else f"{value * 100:.2f}"
+
+    lines = [(f"| set | faces | detected | misses (%) | NME annotation boxes, same faces (%) | "
+             f"NME detector boxes (%) | FR@{t} with misses (%) | AUC@{t} with misses |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in detector_sets.items():
+        lines.append(f"| {name} | {s['faces']} | {s['detected']} | {s['misses']} "
+                     f"({s['miss_rate'] * 100:.1f}) | {pct(s['nme_annotation_same_faces'])} | "
+                     f"{pct(s['nme'])} | {s['failure_rate_with_misses'] * 100:.2f} | "
+                     f"{s['auc_with_misses']:.4f} |")
     return "\n".join(lines)
 
 
@@ -195,6 +280,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     for warning in info.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
     flip_test = not args.no_flip_test
+    detector, calibration = None, None
+    if args.boxes == "detector":
+        detector, calibration = _open_detector(args, info.active_providers)
     total = len({_face_key(r) for faces in sets.values() for r in faces})
     print(f"evaluating {args.model} on {info.provider}: {total} faces "
           f"({data_info['form']} form, flip test {'on' if flip_test else 'off'})")
@@ -202,10 +290,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = evaluate_sets(lambda rows: run_session(session, info, rows), sets, info.config,
                            flip_test, args.batch_size, args.threshold,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, detector=detector,
+                           calibration=calibration, detect_max_side=args.detect_max_side,
+                           detect_threshold=args.detect_threshold)
     seconds = time.perf_counter() - start
 
     table = markdown_table(result["sets"], args.threshold)
+    if detector is not None:
+        table += ("\n\nWith detected boxes (RetinaFace, threshold "
+                  f"{args.detect_threshold:g}, long side <= {args.detect_max_side} px, "
+                  f"calibration: {calibration.fitted_on}):\n\n"
+                  + detector_table(result["detector_sets"], args.threshold))
     print(table)
     print(f"{total} faces in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} faces/s)")
 
@@ -233,12 +328,36 @@ def evaluate_command(args: argparse.Namespace) -> int:
         "sets": {name: {k: v for k, v in s.items() if k != "face_nme"}
                  for name, s in result["sets"].items()},
         "faces": result["faces"],
+        "boxes": args.boxes,
     }
+    if detector is not None:
+        payload["detector"] = {
+            "path": str(detector.path), "sha256": detector.sha256, "provider": detector.provider,
+            "threshold": args.detect_threshold, "max_side": args.detect_max_side,
+            "calibration": asdict(calibration),
+        }
+        payload["detector_sets"] = {name: {k: v for k, v in s.items() if k != "face_nme"}
+                                    for name, s in result["detector_sets"].items()}
     (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     plot_ced(result["sets"], args.threshold, out_dir / "ced.png",
              f"CED, {Path(args.model).name}")
     print(f"wrote {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'ced.png'}")
     return 0
+
+
+def _open_detector(args, providers: list[str]):
+    """The face detector (fetched to --detector when missing) and the calibration to use."""
+    from service.engine.detector import DetectorLoadError, FaceDetector
+
+    path = Path(args.detector)
+    if not path.is_file():
+        fetch_detector(path)
+    try:
+        detector = FaceDetector(path, providers, threads=args.threads)
+    except DetectorLoadError as exc:
+        raise ValueError(str(exc)) from None
+    calibration = DetectorCalibration.load(args.detector_calibration)
+    return detector, calibration
 
 
 def register(subparsers) -> None:
@@ -270,6 +389,21 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="onnxruntime provider: auto = CUDA when an NVIDIA device is present")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    boxes = p.add_argument_group("face boxes")
+    boxes.add_argument("--boxes", choices=BOX_SOURCES, default="annotation",
+                       help="annotation: crop from the annotated centre/scale (the published "
+                            "protocol); detector: also crop from the face detector's boxes "
+                            "and report both, misses included (default: annotation)")
+    boxes.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR_PATH,
+                       help=f"RetinaFace ONNX file, fetched there when missing "
+                            f"(default: {DEFAULT_DETECTOR_PATH})")
+    boxes.add_argument("--detector-calibration", type=Path, default=None,
+                       help="detector box -> face box rule (JSON from calibrate-detector; "
+                            "default: the one packaged with the service)")
+    boxes.add_argument("--detect-threshold", type=float, default=0.5,
+                       help="detector score threshold (default: 0.5, the service's default)")
+    boxes.add_argument("--detect-max-side", type=int, default=640,
+                       help="long side of the image the detector sees (default: 640)")
     p.add_argument("--no-check-images", action="store_true",
                    help="do not check up front that every image file exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
