@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only model,stages,service,memory] [--results PATH]`."""
+"""`python -m bench [--quick] [--only model,stages,service,serving,memory] [--results PATH]`."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         try:
             result = module.run(ctx)
-        except Exception:  # keep the other sections; record the failure in the file
+        except Exception:  # noqa: BLE001 - keep the other sections; record the failure in the file
             failed.append(name)
             text = traceback.format_exc()
             log(f"section {name} FAILED:\n{text}")

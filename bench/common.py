@@ -14,9 +14,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -49,7 +49,7 @@ class Context:
 
 @dataclass
 class SectionResult:
-    name: str  # model | stages | service | memory
+    name: str  # model | stages | service | serving | memory
     title: str
     markdown: str
     summary: dict
@@ -81,7 +81,8 @@ def _mem_gib() -> float:
 def gpu_name() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20,
+                             check=False)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
@@ -103,13 +104,23 @@ def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for module, name in (("numpy", "numpy"), ("cv2", "opencv"), ("onnxruntime", "onnxruntime"),
                          ("torch", "torch"), ("fastapi", "fastapi"), ("uvicorn", "uvicorn"),
-                         ("httpx", "httpx")):
+                         ("uvloop", "uvloop"), ("httptools", "httptools"), ("orjson", "orjson"),
+                         ("prometheus_client", "prometheus-client"), ("httpx", "httpx")):
         try:
             mod = __import__(module)
-            out[name] = getattr(mod, "__version__", "?")
+            out[name] = getattr(mod, "__version__", None) or _dist_version(name)
         except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
             out[name] = "not installed"
     return out
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
 
 
 def versions_line() -> str:

@@ -18,8 +18,12 @@ import resource
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .common import ROOT
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11+
+    from typing_extensions import Self
 
 # --------------------------------------------------------------------------- parent side
 
@@ -54,7 +58,7 @@ class LoadGen:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "LoadGen":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

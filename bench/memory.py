@@ -1,4 +1,4 @@
-"""Section 4, memory of one worker: RSS idle, under load, and growth over 10,000 requests.
+"""Section 5, memory of one worker: RSS idle, under load, and growth over 10,000 requests.
 
 10,000 requests through W18 would take ~10 minutes of this 2-core machine, so the growth run
 serves the *tiny* HRNet export (same I/O contract, same service code path: HTTP, multipart,
@@ -27,7 +27,7 @@ from .common import (
     table,
 )
 from .loadgen import LoadGen, window_stats
-from .server import RssSampler, Server
+from .observe import RssSampler, start_server
 
 CONCURRENCY = 8
 
@@ -54,7 +54,7 @@ def run(ctx: Context) -> SectionResult:
     chunk, chunks = (250, 2) if ctx.quick else (1000, 10)
     total = chunk * chunks
     rows = []
-    server = Server(model, providers=ctx.providers, log_name="memory")
+    server = start_server(model, providers=ctx.providers, log_name="memory")
     loadgen = LoadGen()
     try:
         server.wait_ready()
@@ -71,7 +71,7 @@ def run(ctx: Context) -> SectionResult:
         peak = 0.0
         done = 0
         for i in range(chunks):
-            with RssSampler(server.pid, 0.1) as sampler:
+            with RssSampler(server, 0.1) as sampler:
                 stats = window_stats(loadgen.run(server.url + "/landmarks", image, boxes, False,
                                                  CONCURRENCY, requests=chunk))
             done += chunk
@@ -88,22 +88,22 @@ def run(ctx: Context) -> SectionResult:
     growth = (final - baseline) / baseline * 100
     dump_json("memory", {"rows": rows, "baseline": baseline, "final": final})
     md = [
-        f"Tiny-HRNet export (`bench/out/tiny_random.onnx`), real server as in section 3 "
+        (f"Tiny-HRNet export (`bench/out/tiny_random.onnx`), real server as in section 3 "
         f"(`LANDMARKS_PROVIDERS={ctx.providers}`, defaults otherwise), request = a 160x160 JPEG "
         f"face crop with one 128 px box, flip test off, {CONCURRENCY} requests in flight "
         f"(`bench/loadgen.py`). RSS = VmRSS of the server process from /proc, read with the "
-        "server idle after each chunk; peak = highest RSS sampled every 0.1 s during the chunk.",
+        "server idle after each chunk; peak = highest RSS sampled every 0.1 s during the chunk."),
         "",
         table(["point", "requests after baseline", "RSS (MiB)", "req/s", "errors",
                "peak RSS during chunk (MiB)"], rows),
         "",
-        f"**Growth over {total:,} requests: {final - baseline:+.1f} MiB = {growth:+.2f} %** of "
+        (f"**Growth over {total:,} requests: {final - baseline:+.1f} MiB = {growth:+.2f} %** of "
         f"the {baseline:.1f} MiB baseline (target <= 5 %); {final - rss_ready:+.1f} MiB since "
-        f"start-up. Longer runs with W18: [SOAK.md](SOAK.md).",
+        f"start-up. Longer runs with W18: [SOAK.md](SOAK.md)."),
         "",
         stamp(ctx, load0),
     ]
     summary = {"growth_pct": growth, "requests": total, "model": "tiny HRNet",
                "baseline_mib": baseline, "final_mib": final, "ready_mib": rss_ready,
                "peak_mib": peak}
-    return SectionResult("memory", "4. Memory", "\n".join(md), summary)
+    return SectionResult("memory", "5. Memory", "\n".join(md), summary)

@@ -10,7 +10,8 @@ FLOPs / the measured peak of a large matmul on the same machine.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -159,6 +160,78 @@ def _timed(fn) -> float:
 # --------------------------------------------------------------------------- section
 
 
+Runner = Callable[[np.ndarray], Callable[[], object]]  # input batch -> one timed call
+Results = dict[str, dict[int, list[list[float]]]]  # configuration -> batch -> per-round seconds
+
+
+def _parity(model, session, info, rng) -> float:
+    """max |onnxruntime - PyTorch| on one random input, as a fraction of the heatmap range."""
+    import torch
+
+    x = rng.standard_normal((1, 3, 256, 256), dtype=np.float32)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = session.run([info.output_name], {info.input_name: x})[0]
+    return float(np.abs(ref - got).max()) / float(ref.max() - ref.min())
+
+
+def _time_configs(configs: dict[str, Runner], batches, rounds: int, per_round: float, rng,
+                  notes: list[str]) -> Results:
+    """Every configuration at every batch size, interleaved per batch size."""
+    results: Results = {name: {} for name in configs}
+    for batch_size in batches:
+        batch = rng.standard_normal((batch_size, 3, 256, 256), dtype=np.float32)
+        fns = {}
+        for name, make in configs.items():
+            try:
+                fns[name] = make(batch)
+            except Exception as exc:  # noqa: BLE001 - a GPU variant that cannot run is reported
+                notes.append(f"{name} at batch {batch_size}: not measured ({str(exc)[:200]})")
+        log(f"model: batch {batch_size}, {len(fns)} configurations interleaved, {rounds} rounds")
+        for name, samples in interleaved(fns, rounds=rounds, time_per_round=per_round).items():
+            results[name][batch_size] = samples
+    return results
+
+
+@dataclass
+class Comparison:
+    """onnxruntime CPU vs PyTorch eager CPU, per batch and best vs best."""
+    rows: list[list]  # batch, torch per face, ORT per face, ratio text
+    ratios: dict[str, float]  # batch -> median per-round ratio
+    best_ort_batch: int
+    best_ort_s: float  # per face
+    best_torch_s: float  # per face
+
+    @property
+    def best_ratio(self) -> float:
+        return self.best_torch_s / self.best_ort_s
+
+
+def _compare(results: Results, batches) -> Comparison:
+    ort, torch_ = results["onnxruntime CPU"], results["PyTorch eager CPU"]
+    rows, ratios = [], {}
+    for b in batches:
+        if ort.get(b) and torch_.get(b):
+            per_round = round_ratios(torch_[b], ort[b])
+            ratios[str(b)] = median(per_round)
+            rows.append([b, ms(median(flat(torch_[b])) / b, 1), ms(median(flat(ort[b])) / b, 1),
+                         ratio_text(per_round)])
+    best = min(batches, key=lambda b: median(flat(ort[b])) / b)
+    return Comparison(rows, ratios, best, median(flat(ort[best])) / best,
+                      min(median(flat(torch_[b])) / b for b in batches))
+
+
+def _latency_rows(results: Results, batches) -> list[list]:
+    rows = []
+    for name, by_batch in results.items():
+        for b in batches:
+            samples = by_batch.get(b)
+            if samples:
+                lat = median(flat(samples))
+                rows.append([name, b, ms(lat, 1), ms(lat / b, 2), f"{b / lat:.1f}", len(flat(samples))])
+    return rows
+
+
 def run(ctx: Context) -> SectionResult:
     import torch
 
@@ -170,123 +243,56 @@ def run(ctx: Context) -> SectionResult:
     per_round = 0.3 if ctx.quick else 1.0
 
     cpu_session, info = open_session(path, ["CPUExecutionProvider"], max_batch=max(batches))
-    ort_threads = cpu_session.get_session_options().intra_op_num_threads
     model = _torch_model()
-    torch_threads = torch.get_num_threads()
-
-    # Same network? (ORT file vs the rebuilt PyTorch model, same input)
-    x = rng.standard_normal((1, 3, 256, 256), dtype=np.float32)
-    with torch.inference_mode():
-        ref = model(torch.from_numpy(x)).numpy()
-    got = cpu_session.run([info.output_name], {info.input_name: x})[0]
-    parity = float(np.abs(ref - got).max()) / float(ref.max() - ref.min())
-
-    configs: dict[str, Callable[[np.ndarray], Callable[[], object]]] = {
+    parity = _parity(model, cpu_session, info, rng)
+    configs: dict[str, Runner] = {
         "onnxruntime CPU": lambda b: _ort_runner(cpu_session, info, b),
         "PyTorch eager CPU": lambda b: _torch_runner(model, b),
     }
-    gpu_notes = []
+    gpu_notes: list[str] = []
     if ctx.gpu:
         configs.update(_gpu_configs(path, info, model, gpu_notes, max(batches)))
-
-    results: dict[str, dict[int, list[list[float]]]] = {name: {} for name in configs}
-    for batch_size in batches:
-        batch = rng.standard_normal((batch_size, 3, 256, 256), dtype=np.float32)
-        fns = {}
-        for name, make in configs.items():
-            try:
-                fns[name] = make(batch)
-            except Exception as exc:  # noqa: BLE001 - a GPU variant that cannot run is reported
-                gpu_notes.append(f"{name} at batch {batch_size}: not measured ({str(exc)[:200]})")
-        log(f"model: batch {batch_size}, {len(fns)} configurations interleaved, {rounds} rounds")
-        timed = interleaved(fns, rounds=rounds, time_per_round=per_round)
-        for name, samples in timed.items():
-            results[name][batch_size] = samples
+    results = _time_configs(configs, batches, rounds, per_round, rng, gpu_notes)
 
     flops = count_flops(model)
     peaks = matmul_peak(ctx.quick)
     cpu_peak = max(g for name, g in peaks if "CUDA" not in name)
     floor_s = flops / (cpu_peak * 1e9)
-
-    # ---- tables
-    rows = []
-    for name in configs:
-        for batch_size in batches:
-            samples = results[name].get(batch_size)
-            if not samples:
-                continue
-            lat = median(flat(samples))
-            rows.append([name, batch_size, ms(lat, 1), ms(lat / batch_size, 2),
-                         f"{batch_size / lat:.1f}", len(flat(samples))])
-    speed_rows, summary_ratios = [], {}
-    for batch_size in batches:
-        ort_s = results["onnxruntime CPU"].get(batch_size)
-        torch_s = results["PyTorch eager CPU"].get(batch_size)
-        if ort_s and torch_s:
-            ratios = round_ratios(torch_s, ort_s)
-            summary_ratios[str(batch_size)] = median(ratios)
-            speed_rows.append([batch_size, ms(median(flat(torch_s)) / batch_size, 1),
-                               ms(median(flat(ort_s)) / batch_size, 1), ratio_text(ratios)])
-    best_ort = min(batches, key=lambda b: median(flat(results["onnxruntime CPU"][b])) / b)
-    best_ort_face = median(flat(results["onnxruntime CPU"][best_ort])) / best_ort
-    best_torch = min(median(flat(results["PyTorch eager CPU"][b])) / b for b in batches)
-    best_ratio = best_torch / best_ort_face
-
+    cmp = _compare(results, batches)
+    rows = _latency_rows(results, batches)
+    threads = (cpu_session.get_session_options().intra_op_num_threads, torch.get_num_threads())
     md = [
-        f"Network only (no pre/post-processing), random input, HRNetV2-W18 (random-init export "
-        f"`bench/out/w18_random.onnx`; same graph and FLOPs as the trained model). onnxruntime "
-        f"{_ort_version()} CPU provider with `open_session` defaults (graph optimisation ALL, "
-        f"intra-op threads {ort_threads or 'default = physical cores'}); PyTorch eager, "
-        f"`inference_mode`, {torch_threads} intra-op threads. Both run the same weights: max "
-        f"|ORT - torch| = {parity:.1e} of the heatmap range. Configurations are timed "
-        f"interleaved, {rounds} round(s) of >= {per_round:g} s each per batch size; latency = "
-        f"median per `session.run` / forward call.",
+        (f"Network only (no pre/post-processing), random input, HRNetV2-W18 (random-init export "
+         f"`bench/out/w18_random.onnx`; same graph and FLOPs as the trained model). onnxruntime "
+         f"{_ort_version()} CPU provider with `open_session` defaults (graph optimisation ALL, "
+         f"intra-op threads {threads[0] or 'default = physical cores'}); PyTorch eager, "
+         f"`inference_mode`, {threads[1]} intra-op threads. Both run the same weights: max "
+         f"|ORT - torch| = {parity:.1e} of the heatmap range. Configurations are timed "
+         f"interleaved, {rounds} round(s) of >= {per_round:g} s each per batch size; latency = "
+         f"median per `session.run` / forward call."),
         "",
         table(["configuration", "batch", "latency / call (ms)", "per face (ms)", "faces/s",
                "calls timed"], rows),
         "",
-        "**onnxruntime CPU vs PyTorch eager** (per-face time ratio, median of per-round ratios "
-        "with the range; target >= 2):",
+        ("**onnxruntime CPU vs PyTorch eager** (per-face time ratio, median of per-round ratios "
+         "with the range; target >= 2):"),
         "",
         table(["batch", "PyTorch per face (ms)", "onnxruntime per face (ms)",
-               "PyTorch / onnxruntime"], speed_rows),
+               "PyTorch / onnxruntime"], cmp.rows),
         "",
-        f"Best of each (any batch): PyTorch {ms(best_torch, 1)} ms/face, onnxruntime "
-        f"{ms(best_ort_face, 1)} ms/face (batch {best_ort}) -> **{best_ratio:.2f}x**.",
+        (f"Best of each (any batch): PyTorch {ms(cmp.best_torch_s, 1)} ms/face, onnxruntime "
+         f"{ms(cmp.best_ort_s, 1)} ms/face (batch {cmp.best_ort_batch}) -> "
+         f"**{cmp.best_ratio:.2f}x**."),
         "",
-        "**FLOPs and the floor they imply**",
+        *_floor_md(flops, peaks, floor_s, cmp.best_ort_s),
+        *_gpu_md(ctx, rows, peaks, flops, gpu_notes),
         "",
-        table(["quantity", "value"], [
-            ["FLOPs per face (torch FlopCounterMode, 2 per multiply-add)", f"{flops / 1e9:.2f} G"],
-            *[[f"measured peak: {name}", f"{g:.0f} GFLOP/s"] for name, g in peaks],
-            ["floor per face = FLOPs / best CPU peak", f"{ms(floor_s, 1)} ms"],
-            ["onnxruntime CPU best per face / floor",
-             f"{best_ort_face / floor_s:.2f}x (it runs at {floor_s / best_ort_face:.0%} of the "
-             f"measured matmul rate)"],
-        ]),
+        stamp(ctx, load0),
     ]
-    if best_ort_face < floor_s:
-        md += ["", "onnxruntime's convolutions run faster than the numpy/torch sgemm measured "
-               "here, so on this CPU the 'floor' is the measured matmul rate, not a hard bound; "
-               "either way the CPU network is compute-bound, within a few percent of it."]
-    if ctx.gpu:
-        gpu_rows = [r for r in rows if "CPU" not in r[0]]
-        gpu_peaks = [g for name, g in peaks if "CUDA" in name]
-        if gpu_rows and gpu_peaks:
-            md += ["", f"GPU floor per face: {ms(flops / (max(gpu_peaks) * 1e9), 3)} ms at the "
-                   f"best measured CUDA matmul peak ({max(gpu_peaks):.0f} GFLOP/s)."]
-    else:
-        md += ["", "No GPU on this machine: the CUDA, TensorRT, fp16, IO-binding and CUDA-graph "
-               "rows come from `bash bench/gpu.sh` on a GPU host (see "
-               "[RESULTS-gpu.md](RESULTS-gpu.md))."]
-    if gpu_notes:
-        md += [""] + [f"- {n}" for n in gpu_notes]
-    md += ["", stamp(ctx, load0)]
-
     summary = {
-        "ort_vs_torch_by_batch": summary_ratios,
-        "ort_vs_torch_best": best_ratio,
-        "ort_best_batch": best_ort,
+        "ort_vs_torch_by_batch": cmp.ratios,
+        "ort_vs_torch_best": cmp.best_ratio,
+        "ort_best_batch": cmp.best_ort_batch,
         "ort_per_face_ms": {str(b): median(flat(results["onnxruntime CPU"][b])) / b * 1e3
                             for b in batches},
         "flops_g": flops / 1e9,
@@ -294,6 +300,43 @@ def run(ctx: Context) -> SectionResult:
         "floor_ms": floor_s * 1e3,
     }
     return SectionResult("model", "1. Model: PyTorch eager vs onnxruntime", "\n".join(md), summary)
+
+
+def _floor_md(flops: float, peaks, floor_s: float, best_ort_s: float) -> list[str]:
+    md = [
+        "**FLOPs and the floor they imply**",
+        "",
+        table(["quantity", "value"], [
+            ["FLOPs per face (torch FlopCounterMode, 2 per multiply-add)", f"{flops / 1e9:.2f} G"],
+            *[[f"measured peak: {name}", f"{g:.0f} GFLOP/s"] for name, g in peaks],
+            ["floor per face = FLOPs / best CPU peak", f"{ms(floor_s, 1)} ms"],
+            ["onnxruntime CPU best per face / floor",
+             (f"{best_ort_s / floor_s:.2f}x (it runs at {floor_s / best_ort_s:.0%} of the "
+              "measured matmul rate)")],
+        ]),
+    ]
+    if best_ort_s < floor_s:
+        md += ["", ("onnxruntime's convolutions run faster than the numpy/torch sgemm measured "
+                    "here, so on this CPU the 'floor' is the measured matmul rate, not a hard "
+                    "bound; either way the CPU network is compute-bound, within a few percent of it.")]
+    return md
+
+
+def _gpu_md(ctx: Context, rows, peaks, flops: float, notes: list[str]) -> list[str]:
+    md = []
+    if ctx.gpu:
+        gpu_rows = [r for r in rows if "CPU" not in r[0]]
+        gpu_peaks = [g for name, g in peaks if "CUDA" in name]
+        if gpu_rows and gpu_peaks:
+            md += ["", (f"GPU floor per face: {ms(flops / (max(gpu_peaks) * 1e9), 3)} ms at the "
+                        f"best measured CUDA matmul peak ({max(gpu_peaks):.0f} GFLOP/s).")]
+    else:
+        md += ["", ("No GPU on this machine: the CUDA, TensorRT, fp16, IO-binding and CUDA-graph "
+                    "rows come from `bash bench/gpu.sh` on a GPU host (see "
+                    "[RESULTS-gpu.md](RESULTS-gpu.md)).")]
+    if notes:
+        md += [""] + [f"- {n}" for n in notes]
+    return md
 
 
 def _ort_version() -> str:

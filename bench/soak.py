@@ -32,7 +32,7 @@ from .common import (
     versions_line,
 )
 from .loadgen import LoadGen
-from .server import RssSampler, Server
+from .observe import RssSampler, start_server
 
 IMAGE = SAMPLES / "36_Football_americanfootball_ball_36_415.jpg"
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = loadavg()
     started = time.strftime("%Y-%m-%d %H:%M %Z")
 
-    server = Server(model, providers=args.providers, log_name="soak")
+    server = start_server(model, providers=args.providers, log_name="soak")
     loadgen = LoadGen()
     try:
         server.wait_ready()
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_ready = server.rss_mib()
         log(f"soak: {args.minutes:g} min at concurrency {args.concurrency}, flip "
             f"{'on' if args.flip else 'off'}, model {model.name}")
-        with RssSampler(server.pid, 1.0) as sampler:
+        with RssSampler(server, 1.0) as sampler:
             t_start = time.perf_counter()
             result = loadgen.run(server.url + "/landmarks", str(IMAGE), boxes, args.flip,
                                  args.concurrency, seconds=seconds, warmup_s=0.0)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     records = result["records"]
     rss = [(t - t_start, m) for t, m in sampler.samples]
     cpu = [(t - t_start, a, p) for t, a, p in sampler.cpu]
-    n_windows = max(1, int(round(seconds / args.window)))
+    n_windows = max(1, round(seconds / args.window))
     rows, window_p50 = [], []
     for w in range(n_windows):
         lo, hi = w * args.window, (w + 1) * args.window
@@ -111,27 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Soak results",
         "",
-        f"Started {started}; command `{command}`. Machine: {machine()}. Versions: {versions_line()}. "
-        f"1-minute load average {load0} before -> {loadavg()} after.",
+        (f"Started {started}; command `{command}`. Machine: {machine()}. Versions: {versions_line()}. "
+        f"1-minute load average {load0} before -> {loadavg()} after."),
         "",
-        f"Real server (`python -m service`, uvicorn, one process, `LANDMARKS_PROVIDERS="
+        (f"Real server (`python -m service`, uvicorn, one process, `LANDMARKS_PROVIDERS="
         f"{args.providers}`, defaults otherwise) serving `{model.name}`; {args.concurrency} "
         f"requests in flight from `bench/loadgen.py` (separate process) for {args.minutes:g} "
         f"minutes; request = the 1024x661 WFLW sample JPEG with its face box, flip test "
         f"{'on' if args.flip else 'off'}. RSS = VmRSS from /proc, sampled every second. On a "
         "2-core machine the load generator shares the CPU with the server (200 % = both cores); "
-        "the last column shows when other processes took CPU too.",
+        "the last column shows when other processes took CPU too."),
         "",
         table(["minutes", "requests OK", "req/s", "p50 (ms)", "p95 (ms)", "p99 (ms)", "errors",
                "RSS at window end (MiB)", "RSS max (MiB)", "server CPU",
                "CPU of everything else (load generator + other processes)"], rows),
         "",
-        f"Totals: {len(records)} requests, status counts {statuses}; server "
+        (f"Totals: {len(records)} requests, status counts {statuses}; server "
         f"{'still alive' if alive else 'DIED'} at the end. RSS {rss_ready:.0f} MiB after warm-up, "
         f"{first_rss:.0f} MiB after the first window, {rss_end:.0f} MiB at the end "
         f"({(rss_end - first_rss) / first_rss * 100:+.2f} % after the first window). "
         f"Latency p50 first window {ms(window_p50[0], 0)} ms, last window "
-        f"{ms(window_p50[-1], 0)} ms (median of windows {ms(median(window_p50), 0)} ms).",
+        f"{ms(window_p50[-1], 0)} ms (median of windows {ms(median(window_p50), 0)} ms)."),
         "",
         "See [RESULTS.md](RESULTS.md) for the main benchmarks.",
         "",
