@@ -2,11 +2,13 @@
 
 Every way a checkpoint can be wrong ends in a `CheckpointError` whose message names the
 problem (and the first offending keys), never in a bare torch traceback.
+
+Downloading and hash checking need no torch (torch is imported where a checkpoint is read or
+written), so commands that only fetch files run in an image without it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import urllib.error
@@ -15,10 +17,14 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from service.engine.session import file_sha256
 
-from .model import LandmarkModel
+if TYPE_CHECKING:
+    import torch
+
+    from .model import LandmarkModel
 
 # mmpose model zoo entry for configs/face/.../wflw/hrnetv2_w18_wflw_256x256_dark.py
 OFFICIAL_CHECKPOINT_URL = (
@@ -48,14 +54,6 @@ def default_cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "face-landmarks"
     )
     return Path(root) / "checkpoints"
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expected_hash_from_name(name: str) -> str | None:
@@ -93,7 +91,7 @@ def download(url: str, expected_sha256: str | None, cache_dir: Path | None = Non
     expected = expected_sha256 or expected_hash_from_name(name)
     target = cache_dir / name
     if target.exists():
-        actual = sha256_of(target)
+        actual = file_sha256(target)
         if expected is None or actual.startswith(expected.lower()):
             return target
         target.unlink()  # stale or corrupt cache entry: fetch again
@@ -111,7 +109,7 @@ def download(url: str, expected_sha256: str | None, cache_dir: Path | None = Non
         part.unlink(missing_ok=True)
         raise CheckpointError(f"download of {url} is truncated: {size} of {total} bytes")
     try:
-        check_hash(sha256_of(part), expected, url)
+        check_hash(file_sha256(part), expected, url)
     except CheckpointError:
         part.unlink(missing_ok=True)
         raise
@@ -148,13 +146,15 @@ def resolve(source: str | os.PathLike, sha256: str | None = None, cache_dir: Pat
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"checkpoint file not found: {path}")
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     check_hash(actual, sha256, str(path))
     return path, actual
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read an mmpose checkpoint (`{'state_dict', 'meta'}`) or a bare state dict."""
+    import torch
+
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes)")
     if zipfile.is_zipfile(path):
@@ -167,7 +167,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path} is a damaged checkpoint archive: entry {bad} fails its CRC")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean the same here
+    # torch raises many exception types for a bad file; all mean the same here
+    except Exception as exc:  # noqa: BLE001
         raise CheckpointError(_explain_load_failure(path, exc)) from None
     if isinstance(obj, dict) and "state_dict" in obj:
         state_dict, meta = obj["state_dict"], obj.get("meta") or {}
@@ -208,6 +209,8 @@ def _listed(keys) -> str:
 
 def load_into(model: LandmarkModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a readable account of every mismatch."""
+    import torch
+
     own = model.state_dict()
     missing = own.keys() - state_dict.keys()
     unexpected = state_dict.keys() - own.keys()
@@ -245,6 +248,8 @@ def load_checkpoint(model: LandmarkModel, source: str | os.PathLike, sha256: str
 
 def save_mmpose_checkpoint(model: LandmarkModel, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write `{'state_dict', 'meta'}` the way mmcv's `save_checkpoint` lays it out."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

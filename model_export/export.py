@@ -2,7 +2,10 @@
 
 The ONNX file is the contract with the service: input `input` float32 `[N,3,H,W]`, output
 `heatmaps` float32 `[N,K,H/4,W/4]`, N dynamic, and `metadata_props` holding what the
-service must not guess (see `service.pipeline.config.PipelineConfig`).
+service must not guess (see `service.pipeline.config.PipelineConfig`, whose `HeatmapCodec`
+carries the training sigma and the DARK kernel that goes with it).
+
+`export_onnx` is the API; the `export` command and training's `--export` call it.
 """
 
 from __future__ import annotations
@@ -30,40 +33,93 @@ DEFAULT_OPSET = 17
 FP32_TOLERANCE = 1e-4
 
 
-@dataclass
-class ExportReport:
-    path: Path
-    seconds: float
-    size_bytes: int
-    max_abs_diff: float | None = None
-    heatmap_range: float | None = None
-    fp16_path: Path | None = None
-    fp16_size_bytes: int | None = None
-    fp16_note: str = ""
+class ExportError(RuntimeError):
+    """The exported graph does not do what the PyTorch model does; the message says how."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the exported weights came from (written into the ONNX metadata).
+
+    trained: False for random-init demo weights (the model name then says "untrained");
+    source: the checkpoint path/URL, or "random-init"; checkpoint_sha256: of that file.
+    """
+
+    trained: bool
+    source: str
+    checkpoint_sha256: str | None = None
     extra: dict = field(default_factory=dict)
 
-    def lines(self) -> list[str]:
-        out = [f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s"]
-        if self.max_abs_diff is not None:
-            rel = self.max_abs_diff / max(self.heatmap_range, 1e-12)
-            out.append(
-                f"onnxruntime vs PyTorch: max abs diff {self.max_abs_diff:.3g} "
-                f"(heatmap range {self.heatmap_range:.3g}, relative {rel:.2g}, "
-                f"tolerance {FP32_TOLERANCE:g})"
-            )
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_onnx` wrote and measured."""
+
+    path: Path
+    seconds: float  # fp32 export time
+    size_bytes: int
+    max_abs_diff: float  # onnxruntime (CPU) vs PyTorch on random inputs
+    heatmap_range: float  # max - min of the PyTorch heatmaps on those inputs
+    golden_points: int  # clear-peak keypoints recorded for the service's start-up self-check
+    fp16_path: Path | None = None
+    fp16_comparison: str | None = None  # fp16 vs fp32 deviation, in words
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / max(self.heatmap_range, 1e-12)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines for the command line."""
+        lines = [
+            f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s",
+            (f"onnxruntime vs PyTorch: max abs diff {self.max_abs_diff:.3g} over heatmap range "
+             f"{self.heatmap_range:.3g} (relative {self.relative_diff:.2g})"),
+            f"golden self-check data: {self.golden_points} keypoints with a clear peak recorded",
+        ]
         if self.fp16_path is not None:
-            out.append(f"wrote {self.fp16_path} ({self.fp16_size_bytes / 1e6:.1f} MB)")
-        if self.fp16_note:
-            out.append(self.fp16_note)
-        return out
+            size = self.fp16_path.stat().st_size / 1e6
+            lines += [f"wrote {self.fp16_path} ({size:.1f} MB)", self.fp16_comparison or ""]
+        return lines
 
 
-class ExportError(RuntimeError):
-    pass
+def model_name(arch: str, trained: bool) -> str:
+    """The name the service reports: mmpose's config name for HRNetV2-W18, else the arch;
+    random-init weights are always called untrained."""
+    name = "hrnetv2_w18_wflw_256x256_dark" if arch == "hrnetv2_w18" else arch
+    return name if trained else f"{name}_untrained"
 
 
-def provenance(trained: bool, checkpoint_sha256: str | None, arch: str, precision: str,
-               extra: dict | None = None) -> dict[str, str]:
+def export_onnx(model: LandmarkModel, output: str | Path, *, config: PipelineConfig,
+                provenance: Provenance, fp16: bool = False, fp16_output: str | Path | None = None,
+                opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Write `model` as ONNX with its pipeline config and provenance in the metadata.
+
+    Checks onnxruntime against PyTorch (raises ExportError beyond FP32_TOLERANCE of the
+    heatmap range), records the golden self-check data, and with fp16 also writes a
+    CUDA-targeted fp16 variant (default path: <output stem>_fp16.onnx) and compares it.
+    """
+    arch = model.config.name
+    props = metadata_props(trained=provenance.trained, checkpoint_sha256=provenance.checkpoint_sha256,
+                           arch=arch, precision="fp32", opset=opset,
+                           extra={"source": provenance.source, **provenance.extra})
+    start = time.perf_counter()
+    path = export_fp32(model, output, config, props, opset)
+    seconds = time.perf_counter() - start
+    diff, value_range = verify_against_torch(path, model, config)
+    golden = add_golden_record(path, config)
+    fp16_path, comparison = None, None
+    if fp16:
+        fp16_path = Path(fp16_output) if fp16_output else path.with_name(path.stem + "_fp16.onnx")
+        convert_fp16(path, fp16_path)
+        comparison = compare_fp16(path, fp16_path, config)
+    return ExportResult(path=path, seconds=seconds, size_bytes=path.stat().st_size,
+                        max_abs_diff=diff, heatmap_range=value_range,
+                        golden_points=len(golden["points"]), fp16_path=fp16_path,
+                        fp16_comparison=comparison)
+
+
+def metadata_props(trained: bool, checkpoint_sha256: str | None, arch: str, precision: str,
+                   opset: int = DEFAULT_OPSET, extra: dict | None = None) -> dict[str, str]:
     """metadata_props beyond the pipeline config: where the weights came from and how."""
     versions = {
         "model_export": __version__,
@@ -74,12 +130,12 @@ def provenance(trained: bool, checkpoint_sha256: str | None, arch: str, precisio
         "python": platform.python_version(),
     }
     props = {
-        "model_name": "hrnetv2_w18_wflw_256x256_dark" if arch == "hrnetv2_w18" else arch,
+        "model_name": model_name(arch, trained),
         "arch": arch,
         "trained": trained,
         "source_checkpoint_sha256": checkpoint_sha256 or "",
         "precision": precision,
-        "exporter": f"torch.onnx.export (TorchScript), opset {DEFAULT_OPSET}",
+        "exporter": f"torch.onnx.export (TorchScript), opset {opset}",
         "versions": versions,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -88,6 +144,7 @@ def provenance(trained: bool, checkpoint_sha256: str | None, arch: str, precisio
 
 
 def write_metadata(model_proto: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set (add or overwrite) metadata_props entries."""
     existing = {p.key: p for p in model_proto.metadata_props}
     for key, value in props.items():
         if key in existing:
@@ -98,12 +155,14 @@ def write_metadata(model_proto: onnx.ModelProto, props: dict[str, str]) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
+    """All metadata_props of an ONNX file (values still JSON-encoded)."""
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
 
 def export_fp32(model: LandmarkModel, output: str | Path, config: PipelineConfig,
                 props: dict[str, str], opset: int = DEFAULT_OPSET) -> Path:
+    """torch.onnx.export to a temporary file, check, add metadata, move into place."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     width, height = config.input_size
@@ -128,6 +187,7 @@ def export_fp32(model: LandmarkModel, output: str | Path, config: PipelineConfig
 
 
 def cpu_session(path: str | Path) -> ort.InferenceSession:
+    """A quiet CPU onnxruntime session (for checks, never for serving)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -220,7 +280,7 @@ def compare_fp16(fp32_path: str | Path, fp16_path: str | Path, config: PipelineC
     try:
         s32, _ = open_session(Path(fp32_path), providers)
         s16, info16 = open_session(Path(fp16_path), providers)
-    except Exception as exc:  # e.g. a provider without fp16 kernels
+    except Exception as exc:  # noqa: BLE001 - e.g. a provider without fp16 kernels
         return f"fp16 deviation not measured: cannot create a session here ({str(exc)[:160]})"
     where = info16.provider
     if where == "CPUExecutionProvider":
@@ -230,7 +290,10 @@ def compare_fp16(fp32_path: str | Path, fp16_path: str | Path, config: PipelineC
     h32 = s32.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     h16 = s16.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     heat = float(np.abs(h32 - h16).max()) / max(float(h32.max() - h32.min()), 1e-12)
-    run16 = lambda rows: s16.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]  # noqa: E731
+
+    def run16(rows: np.ndarray) -> np.ndarray:
+        return s16.run([OUTPUT_NAME], {INPUT_NAME: rows})[0]
+
     try:
         golden = run_golden_check(run16, info16, tolerance_px=float("inf"))
         shift = (f"max landmark shift {golden.get('max_deviation_px')} px over "

@@ -37,7 +37,7 @@ class HRNetConfig:
     upsample_mode: str = "bilinear"
 
     @classmethod
-    def w18(cls) -> "HRNetConfig":
+    def w18(cls) -> HRNetConfig:
         return cls(
             stages=(
                 StageConfig(1, "BOTTLENECK", (4,), (64,)),
@@ -48,7 +48,7 @@ class HRNetConfig:
         )
 
     @classmethod
-    def tiny(cls) -> "HRNetConfig":
+    def tiny(cls) -> HRNetConfig:
         return cls(
             stem_channels=16,
             stages=(
@@ -116,7 +116,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {
     "BASIC": BasicBlock,
     "BOTTLENECK": Bottleneck,
 }

@@ -1,11 +1,13 @@
 """`python -m model_export train`: train the landmark model on WFLW the way mmpose trains
-`hrnetv2_w18_wflw_256x256_dark` (PIPELINE.md section 5).
+`hrnetv2_w18_wflw_256x256_dark` (docs/PIPELINE.md section 5).
 
 Defaults are mmpose's: Adam lr 2e-3 (PyTorch defaults otherwise, no weight decay, no gradient
 clipping), linear warm-up over the first 500 iterations from 0.001 x lr, step decay x0.1 at
 epochs 40 and 55, 60 epochs, batch 64 per process, 2 loader workers, JointsMSELoss with target
 weights, flip / scale / rotation augmentation and unbiased Gaussian targets (sigma 2).
-Every one is a flag.
+Every one is a flag (options are defined in `model_export.cli`). The target sigma is part of
+the run's `HeatmapCodec`, which goes into the checkpoints' meta and the exported ONNX file, so
+the service decodes with the DARK kernel that matches it (sigma 3 -> kernel 17).
 
 Single process:   python -m model_export train --wflw-root DIR --work-dir DIR
 Several GPUs/nodes:  torchrun --nproc_per_node 8 -m model_export train --wflw-root DIR ...
@@ -37,14 +39,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from service.pipeline.config import PipelineConfig
+from service.pipeline.config import HeatmapCodec, PipelineConfig
 
 from . import metrics
-from .checkpoint import CheckpointError, read_state_dict, resolve, save_mmpose_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_state_dict,
+    resolve,
+    save_mmpose_checkpoint,
+)
 from .data.dataset import WFLWTrainDataset
 from .data.transforms import AugmentConfig
 from .data.wflw import FaceRecord, WFLWError, WFLWSource, find_split
-from .model import ARCHITECTURES, LandmarkModel, build_model
+from .export import ExportResult, Provenance, export_onnx
+from .model import LandmarkModel, build_model
 
 PRETRAINED_ALIASES = {
     # mmpose's `pretrained='open-mmlab://msra/hrnetv2_w18'` (ImageNet HRNetV2-W18).
@@ -197,18 +206,20 @@ def _all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 # --------------------------------------------------------------------------- data
 
 
-def _sources(args) -> tuple[WFLWSource, WFLWSource | None]:
+def _sources(args, pixel_std: float) -> tuple[WFLWSource, WFLWSource | None]:
+    """Training and validation data from the options (records' scale in pixel_std units)."""
     if args.wflw_root is not None:
-        train = find_split(args.wflw_root, "train")
-        val = find_split(args.wflw_root, args.val_split) if args.val_interval > 0 else None
+        train = find_split(args.wflw_root, "train", pixel_std)
+        val = (find_split(args.wflw_root, args.val_split, pixel_std)
+               if args.val_interval > 0 else None)
     elif args.train_ann_file is not None and args.img_dir is not None:
-        train = WFLWSource("json", args.train_ann_file, args.img_dir)
+        train = WFLWSource("json", args.train_ann_file, args.img_dir, pixel_std)
         val = None
         if args.val_interval > 0:
             val_file = args.val_ann_file or (args.train_ann_file if args.val_split == "train" else None)
             if val_file is None:
                 raise WFLWError("validation needs --val-ann-file (or --val-interval 0)")
-            val = WFLWSource("json", val_file, args.img_dir)
+            val = WFLWSource("json", val_file, args.img_dir, pixel_std)
     else:
         raise WFLWError("give --wflw-root DIR, or --train-ann-file FILE.json with --img-dir DIR")
     return train, val
@@ -270,102 +281,168 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    """`train` subcommand: the options as parsed by `model_export.cli`."""
     info = setup_distributed(args.device)
     try:
-        return _train(args, info)
+        Trainer(args, info).run()
+        return 0
     finally:
         if info.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(args: argparse.Namespace, info: DistInfo) -> int:
-    work_dir = Path(args.work_dir)
-    if info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    say = print if info.is_main else (lambda *a, **k: None)
-    log = JsonLog(work_dir / LOG_FILE, info.is_main)
+def codec_for(args) -> HeatmapCodec:
+    """The heatmap codec of a run: mmpose's WFLW codec with the run's target sigma (the DARK
+    blur kernel follows from it and travels into the exported ONNX file)."""
+    return HeatmapCodec(sigma=args.sigma)
 
-    amp = info.device.type == "cuda" and not args.no_amp  # CUDA only; CPU stays float32
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
 
-    train_source, val_source = _sources(args)
-    check = not args.no_check_images
-    train_records = train_source.read(check)
-    val_records = val_source.read(check) if val_source is not None else []
-    config = PipelineConfig()
-    aug = AugmentConfig(flip_prob=args.flip_prob, rot_factor=args.rot_factor,
-                        scale_factor=args.scale_factor, rot_prob=args.rot_prob, sigma=args.sigma)
-    dataset = WFLWTrainDataset(train_records, config, aug, seed=args.seed, rank=info.rank)
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
-                                 shuffle=True, seed=args.seed, drop_last=False)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler,
-                        num_workers=args.workers, pin_memory=info.device.type == "cuda",
-                        drop_last=False, persistent_workers=False)
+class Trainer:
+    """One training run (this process's share of it under torchrun), in named steps.
 
-    model = build_model(args.arch)
-    schedule = StepWarmupSchedule(args.lr, tuple(args.lr_steps), args.lr_gamma,
-                                  args.warmup_iters, args.warmup_ratio)
-    start_epoch, global_iter = 0, 0
-    best = {"nme": math.inf, "epoch": None, "path": None}
+    `run()` = seed -> data -> model (+ resume or pretrained backbone) -> DDP -> per epoch
+    (train, validate, checkpoints) -> final checkpoint and optional export. `args` are the
+    `train` command's options.
+    """
 
-    # Rank 0 reads the resume file and hands it to the others, so a multi-node run resumes
-    # consistently even when the work dir is only on rank 0's machine.
-    resume_path, state = None, None
-    if info.is_main:
-        resume_path = _resume_path(args, work_dir)
-        if resume_path is not None:
-            state = torch.load(resume_path, map_location="cpu", weights_only=True)
-            state["path"] = str(resume_path)
-    if info.distributed:
-        box = [state]
-        dist.broadcast_object_list(box, src=0)
-        state = box[0]
-    if state is None and args.pretrained and info.is_main:
-        report = load_pretrained_backbone(model, args.pretrained, args.pretrained_sha256,
+    def __init__(self, args, info: DistInfo):
+        self.args, self.info = args, info
+        self.work_dir = Path(args.work_dir)
+        self.log = JsonLog(self.work_dir / LOG_FILE, info.is_main)
+        self.amp = info.device.type == "cuda" and not args.no_amp  # CUDA only; CPU stays fp32
+        self.config = PipelineConfig(codec=codec_for(args))
+        self.best = {"nme": math.inf, "epoch": None, "path": None}
+        self.start_epoch, self.global_iter = 0, 0
+
+    def say(self, *parts, **kwargs) -> None:
+        if self.info.is_main:
+            print(*parts, **kwargs)
+
+    def run(self) -> None:
+        if self.info.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.seed()
+        self.build_data()
+        resume = self.build_model()
+        self.log_start(resumed=resume is not None)
+        for epoch in range(self.start_epoch, self.args.epochs):
+            self.train_epoch(epoch)
+            done = epoch + 1
+            val = self.validate_epoch(done)
+            if self.info.is_main:
+                self.save_checkpoints(done, val)
+            if self.info.distributed:
+                dist.barrier()
+        if self.info.is_main:
+            self.finish()
+
+    # ------------------------------------------------------------------ set-up steps
+
+    def seed(self) -> None:
+        random.seed(self.args.seed)
+        torch.manual_seed(self.args.seed)
+
+    def build_data(self) -> None:
+        args, info = self.args, self.info
+        train_source, val_source = _sources(args, self.config.pixel_std)
+        check = not args.no_check_images
+        self.train_records = train_source.read(check)
+        self.val_records = val_source.read(check) if val_source is not None else []
+        aug = AugmentConfig(flip_prob=args.flip_prob, rot_factor=args.rot_factor,
+                            scale_factor=args.scale_factor, rot_prob=args.rot_prob)
+        self.dataset = WFLWTrainDataset(self.train_records, self.config, aug, seed=args.seed,
+                                        rank=info.rank)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=info.world_size,
+                                          rank=info.rank, shuffle=True, seed=args.seed,
+                                          drop_last=False)
+        self.loader = DataLoader(self.dataset, batch_size=args.batch_size, sampler=self.sampler,
+                                 num_workers=args.workers,
+                                 pin_memory=info.device.type == "cuda", drop_last=False,
+                                 persistent_workers=False)
+
+    def build_model(self) -> dict | None:
+        """Model, schedule, optimiser and AMP scaler; resume state or pretrained backbone;
+        DDP wrapper. Returns the resume state (None for a fresh run)."""
+        args, info = self.args, self.info
+        self.raw_model = build_model(args.arch)
+        self.schedule = StepWarmupSchedule(args.lr, tuple(args.lr_steps), args.lr_gamma,
+                                           args.warmup_iters, args.warmup_ratio)
+        state = self.read_resume_state()
+        if state is None and args.pretrained and info.is_main:
+            self.load_pretrained()
+        self.raw_model.to(info.device)
+        self.optimizer = torch.optim.Adam(self.raw_model.parameters(), lr=self.schedule.lr(0, 0))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if state is not None:
+            self.restore(state)
+        self.model = self.raw_model
+        if info.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.raw_model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        return state
+
+    def read_resume_state(self) -> dict | None:
+        # Rank 0 reads the resume file and hands it to the others, so a multi-node run resumes
+        # consistently even when the work dir is only on rank 0's machine.
+        state = None
+        if self.info.is_main:
+            path = _resume_path(self.args, self.work_dir)
+            if path is not None:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                state["path"] = str(path)
+        if self.info.distributed:
+            box = [state]
+            dist.broadcast_object_list(box, src=0)
+            state = box[0]
+        return state
+
+    def load_pretrained(self) -> None:
+        args = self.args
+        report = load_pretrained_backbone(self.raw_model, args.pretrained, args.pretrained_sha256,
                                           args.cache_dir, progress=not args.no_progress)
-        say(f"pretrained backbone from {args.pretrained}: loaded {report['loaded']} tensors, "
-            f"ignored {report['ignored']} keys not in the backbone "
-            f"(e.g. {', '.join(report['ignored_examples'][:3]) or '-'}), "
-            f"{report['missing']} backbone tensors left at their initialisation")
-        log.write(mode="pretrained", **report)
-    model.to(info.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr(0, 0))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.say(f"pretrained backbone from {args.pretrained}: loaded {report['loaded']} tensors, "
+                 f"ignored {report['ignored']} keys not in the backbone "
+                 f"(e.g. {', '.join(report['ignored_examples'][:3]) or '-'}), "
+                 f"{report['missing']} backbone tensors left at their initialisation")
+        self.log.write(mode="pretrained", **report)
 
-    if state is not None:
-        if state.get("arch") != args.arch:
+    def restore(self, state: dict) -> None:
+        if state.get("arch") != self.args.arch:
             raise ValueError(f"{state['path']} was written for --arch {state.get('arch')}, "
-                             f"not {args.arch}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and amp:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, global_iter = int(state["epoch"]), int(state["global_iter"])
-        best = dict(state.get("best") or best)
+                             f"not {self.args.arch}")
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.amp:
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.global_iter = int(state["epoch"]), int(state["global_iter"])
+        self.best = dict(state.get("best") or self.best)
         _set_rng_state(state["rng"])
-        say(f"resumed from {state['path']}: {start_epoch} epochs done, iteration {global_iter}")
-        log.write(mode="resume", path=state["path"], epoch=start_epoch, global_iter=global_iter)
+        self.say(f"resumed from {state['path']}: {self.start_epoch} epochs done, "
+                 f"iteration {self.global_iter}")
+        self.log.write(mode="resume", path=state["path"], epoch=self.start_epoch,
+                       global_iter=self.global_iter)
 
-    raw_model = model
-    if info.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    def log_start(self, resumed: bool) -> None:
+        args, info = self.args, self.info
+        num_params = sum(p.numel() for p in self.raw_model.parameters())
+        self.say(f"training {args.arch} ({num_params:,} parameters) on {len(self.train_records)} "
+                 f"faces, {info.world_size} process(es) x batch {args.batch_size} on {info.device}"
+                 f"{' with AMP' if self.amp else ''}; {args.epochs} epochs, "
+                 f"{len(self.loader)} iterations/epoch")
+        if not resumed:
+            self.log.write(mode="config", arch=args.arch, num_params=num_params,
+                           world_size=info.world_size, device=str(info.device), amp=self.amp,
+                           train_faces=len(self.train_records), val_faces=len(self.val_records),
+                           codec=self.config.codec.to_dict(),
+                           args={k: v for k, v in vars(args).items() if k != "func"})
 
-    num_params = sum(p.numel() for p in raw_model.parameters())
-    say(f"training {args.arch} ({num_params:,} parameters) on {len(train_records)} faces, "
-        f"{info.world_size} process(es) x batch {args.batch_size} on {info.device}"
-        f"{' with AMP' if amp else ''}; {args.epochs} epochs, {len(loader)} iterations/epoch")
-    if state is None:
-        log.write(mode="config", arch=args.arch, num_params=num_params,
-                  world_size=info.world_size, device=str(info.device), amp=amp,
-                  train_faces=len(train_records), val_faces=len(val_records),
-                  args={k: v for k, v in vars(args).items() if k != "func"})
+    # ------------------------------------------------------------------ per epoch
 
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        model.train()
+    def train_epoch(self, epoch: int) -> None:
+        args, info = self.args, self.info
+        self.sampler.set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+        self.model.train()
         epoch_start = time.perf_counter()
         loss_sum, loss_count, seen = 0.0, 0, 0
         window: list[float] = []
@@ -373,110 +450,147 @@ def _train(args: argparse.Namespace, info: DistInfo) -> int:
         if info.is_main and not args.no_progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="it",
+            bar = tqdm(total=len(self.loader), desc=f"epoch {epoch + 1}/{args.epochs}", unit="it",
                        file=sys.stderr, dynamic_ncols=True, leave=False)
         tick = time.perf_counter()
-        for i, batch in enumerate(loader):
+        lr = self.schedule.lr(epoch, self.global_iter)
+        for i, batch in enumerate(self.loader):
             data_time = time.perf_counter() - tick
-            lr = schedule.lr(epoch, global_iter)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            img = batch["img"].to(info.device, non_blocking=True)
-            target = batch["target"].to(info.device, non_blocking=True)
-            weight = batch["target_weight"].to(info.device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                pred = model(img)
-            loss = joints_mse_loss(pred.float(), target, weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-            # The logged loss is the mean over processes, as mmpose logs it.
-            value = loss.detach().clone()
-            if info.distributed:
-                dist.all_reduce(value)
-                value /= info.world_size
-            value = float(value)
-            batch_n = img.shape[0] * info.world_size
+            lr = self.schedule.lr(epoch, self.global_iter)
+            value, batch_n = self.step(batch, lr)
             seen += batch_n
             loss_sum += value
             loss_count += 1
             window.append(value)
-            global_iter += 1
+            self.global_iter += 1
             now = time.perf_counter()
             iter_time, tick = now - tick, now
             throughput = batch_n / max(iter_time, 1e-9)
             if bar is not None:
                 bar.set_postfix(loss=f"{value:.3e}", lr=f"{lr:.2e}", img_s=f"{throughput:.1f}")
                 bar.update(1)
-            if (i + 1) % args.log_interval == 0 or i + 1 == len(loader):
-                log.write(mode="train", epoch=epoch + 1, iter=i + 1, global_iter=global_iter,
-                          lr=lr, loss=sum(window) / len(window), data_time=data_time,
-                          iter_time=iter_time, samples_per_s=throughput)
+            if (i + 1) % args.log_interval == 0 or i + 1 == len(self.loader):
+                self.log.write(mode="train", epoch=epoch + 1, iter=i + 1,
+                               global_iter=self.global_iter, lr=lr,
+                               loss=sum(window) / len(window), data_time=data_time,
+                               iter_time=iter_time, samples_per_s=throughput)
                 window = []
         if bar is not None:
             bar.close()
         epoch_time = time.perf_counter() - epoch_start
         epoch_loss = loss_sum / max(loss_count, 1)
-        say(f"epoch {epoch + 1}/{args.epochs}: loss {epoch_loss:.4e}, lr {lr:.2e}, "
-            f"{epoch_time:.1f} s ({seen / max(epoch_time, 1e-9):.1f} img/s)")
-        log.write(mode="train_epoch", epoch=epoch + 1, loss=epoch_loss, lr=lr,
-                  global_iter=global_iter, seconds=epoch_time,
-                  samples_per_s=seen / max(epoch_time, 1e-9))
+        self.say(f"epoch {epoch + 1}/{args.epochs}: loss {epoch_loss:.4e}, lr {lr:.2e}, "
+                 f"{epoch_time:.1f} s ({seen / max(epoch_time, 1e-9):.1f} img/s)")
+        self.log.write(mode="train_epoch", epoch=epoch + 1, loss=epoch_loss, lr=lr,
+                       global_iter=self.global_iter, seconds=epoch_time,
+                       samples_per_s=seen / max(epoch_time, 1e-9))
 
-        done = epoch + 1
-        last = done == args.epochs
-        val = None
-        if val_records and (done % args.val_interval == 0 or last):
-            val = validate(raw_model, val_records, config, info, not args.no_val_flip_test,
-                           args.val_batch_size)
-            improved = val["nme"] < best["nme"]
-            if improved:
-                best["nme"], best["epoch"] = val["nme"], done
-            say(f"epoch {done} validation ({args.val_split}, {val['faces']} faces): "
-                f"NME {val['nme'] * 100:.3f}%, FR@0.1 {val['failure_rate'] * 100:.2f}%, "
-                f"AUC@0.1 {val['auc']:.4f}" + (" (best)" if improved else ""))
-            log.write(mode="val", epoch=done, split=args.val_split, **val,
-                      best_nme=best["nme"], best_epoch=best["epoch"])
-        if info.is_main:
-            meta = {"epoch": done, "iter": global_iter, "arch": args.arch,
-                    "config": "hrnetv2_w18_wflw_256x256_dark (model_export)",
-                    "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-            if val is not None:
-                meta["nme"] = val["nme"]
-            if args.checkpoint_interval > 0 and (done % args.checkpoint_interval == 0 or last):
-                save_mmpose_checkpoint(raw_model, work_dir / f"epoch_{done}.pth", meta)
-                _prune_checkpoints(work_dir, args.max_keep_ckpts)
-            if val is not None and best["epoch"] == done:
-                path = work_dir / f"best_NME_epoch_{done}.pth"
-                save_mmpose_checkpoint(raw_model, path, meta)
-                if best["path"] and Path(best["path"]) != path:
-                    Path(best["path"]).unlink(missing_ok=True)
-                best["path"] = str(path)
-            _atomic_save({
-                "arch": args.arch, "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if amp else None,
-                "epoch": done, "global_iter": global_iter, "best": best, "seed": args.seed,
-                "schedule": {"base_lr": schedule.base_lr, "steps": list(schedule.steps),
-                             "gamma": schedule.gamma, "warmup_iters": schedule.warmup_iters,
-                             "warmup_ratio": schedule.warmup_ratio},
-                "rng": _rng_state(),
-            }, work_dir / RESUME_FILE)
+    def step(self, batch: dict, lr: float) -> tuple[float, int]:
+        """One optimiser step; returns (loss averaged over processes, images in the step)."""
+        info = self.info
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        img = batch["img"].to(info.device, non_blocking=True)
+        target = batch["target"].to(info.device, non_blocking=True)
+        weight = batch["target_weight"].to(info.device, non_blocking=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+            pred = self.model(img)
+        loss = joints_mse_loss(pred.float(), target, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # The logged loss is the mean over processes, as mmpose logs it.
+        value = loss.detach().clone()
         if info.distributed:
-            dist.barrier()
+            dist.all_reduce(value)
+            value /= info.world_size
+        return float(value), img.shape[0] * info.world_size
 
-    if info.is_main:
-        final = work_dir / "final.pth"
-        save_mmpose_checkpoint(raw_model, final, {"epoch": args.epochs, "iter": global_iter,
-                                                  "arch": args.arch})
-        log.write(mode="done", epochs=args.epochs, global_iter=global_iter,
-                  best_nme=None if math.isinf(best["nme"]) else best["nme"],
-                  best_epoch=best["epoch"], best_checkpoint=best["path"])
+    def validate_epoch(self, done: int) -> dict | None:
+        """Validation after `done` epochs when due (every --val-interval and after the last)."""
+        args = self.args
+        last = done == args.epochs
+        if not self.val_records or not (done % args.val_interval == 0 or last):
+            return None
+        val = validate(self.raw_model, self.val_records, self.config, self.info,
+                       not args.no_val_flip_test, args.val_batch_size)
+        improved = val["nme"] < self.best["nme"]
+        if improved:
+            self.best["nme"], self.best["epoch"] = val["nme"], done
+        self.say(f"epoch {done} validation ({args.val_split}, {val['faces']} faces): "
+                 f"NME {val['nme'] * 100:.3f}%, FR@0.1 {val['failure_rate'] * 100:.2f}%, "
+                 f"AUC@0.1 {val['auc']:.4f}" + (" (best)" if improved else ""))
+        self.log.write(mode="val", epoch=done, split=args.val_split, **val,
+                       best_nme=self.best["nme"], best_epoch=self.best["epoch"])
+        return val
+
+    def checkpoint_meta(self, epoch: int) -> dict:
+        """mmcv-style checkpoint meta, plus the codec so `export --checkpoint` reproduces it."""
+        return {"epoch": epoch, "iter": self.global_iter, "arch": self.args.arch,
+                "config": "hrnetv2_w18_wflw_256x256_dark (model_export)",
+                "codec": json.loads(json.dumps(self.config.codec.to_dict())),
+                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def save_checkpoints(self, done: int, val: dict | None) -> None:
+        """Rank 0: epoch_<n>.pth when due, best_NME_epoch_<n>.pth on improvement, resume.pth."""
+        args, best = self.args, self.best
+        last = done == args.epochs
+        meta = self.checkpoint_meta(done)
+        if val is not None:
+            meta["nme"] = val["nme"]
+        if args.checkpoint_interval > 0 and (done % args.checkpoint_interval == 0 or last):
+            save_mmpose_checkpoint(self.raw_model, self.work_dir / f"epoch_{done}.pth", meta)
+            _prune_checkpoints(self.work_dir, args.max_keep_ckpts)
+        if val is not None and best["epoch"] == done:
+            path = self.work_dir / f"best_NME_epoch_{done}.pth"
+            save_mmpose_checkpoint(self.raw_model, path, meta)
+            if best["path"] and Path(best["path"]) != path:
+                Path(best["path"]).unlink(missing_ok=True)
+            best["path"] = str(path)
+        schedule = self.schedule
+        _atomic_save({
+            "arch": args.arch, "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.amp else None,
+            "epoch": done, "global_iter": self.global_iter, "best": best, "seed": args.seed,
+            "schedule": {"base_lr": schedule.base_lr, "steps": list(schedule.steps),
+                         "gamma": schedule.gamma, "warmup_iters": schedule.warmup_iters,
+                         "warmup_ratio": schedule.warmup_ratio},
+            "rng": _rng_state(),
+        }, self.work_dir / RESUME_FILE)
+
+    # ------------------------------------------------------------------ end of run
+
+    def finish(self) -> None:
+        """Rank 0: final.pth, the closing log record, and the ONNX export if asked for."""
+        args, best = self.args, self.best
+        final = self.work_dir / "final.pth"
+        meta = self.checkpoint_meta(args.epochs)
+        save_mmpose_checkpoint(self.raw_model, final,
+                               {k: meta[k] for k in ("epoch", "iter", "arch", "codec")})
+        self.log.write(mode="done", epochs=args.epochs, global_iter=self.global_iter,
+                       best_nme=None if math.isinf(best["nme"]) else best["nme"],
+                       best_epoch=best["epoch"], best_checkpoint=best["path"])
         if args.export is not None:
-            _export(args, work_dir, best, final)
-    return 0
+            self.export(final)
+
+    def export(self, final: Path) -> ExportResult:
+        """The best (or last) checkpoint -> ONNX with this run's pipeline config and codec."""
+        args = self.args
+        which = self.best.get("path") if args.export_which == "best" else None
+        checkpoint = Path(which) if which else final
+        output = (Path(args.export) if args.export != "auto"
+                  else self.work_dir / f"{args.arch}_wflw.onnx")
+        print(f"exporting {checkpoint} -> {output}")
+        model = build_model(args.arch)
+        loaded = load_checkpoint(model, checkpoint, progress=False)
+        result = export_onnx(model, output, config=self.config,
+                             provenance=Provenance(trained=True, source=str(checkpoint),
+                                                   checkpoint_sha256=loaded.sha256))
+        for line in result.summary():
+            print(line)
+        return result
 
 
 def _resume_path(args, work_dir: Path) -> Path | None:
@@ -500,108 +614,3 @@ def _prune_checkpoints(work_dir: Path, keep: int) -> None:
     found = sorted(work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
     for path in found[:max(0, len(found) - keep)]:
         path.unlink(missing_ok=True)
-
-
-def _export(args, work_dir: Path, best: dict, final: Path) -> None:
-    from .cli import export_command
-
-    checkpoint = Path(best["path"]) if args.export_which == "best" and best.get("path") else final
-    output = Path(args.export) if args.export != "auto" else work_dir / f"{args.arch}_wflw.onnx"
-    print(f"exporting {checkpoint} -> {output}")
-    export_command(argparse.Namespace(
-        checkpoint=str(checkpoint), random_init=False, sha256=None, seed=0, output=output,
-        arch=args.arch, fp16=False, fp16_output=None, cache_dir=args.cache_dir,
-    ))
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="train on WFLW with mmpose's schedule (torchrun for several GPUs/nodes)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    data = p.add_argument_group("data")
-    data.add_argument("--wflw-root", type=Path, default=None,
-                      help="WFLW root in the official layout (WFLW_annotations/, WFLW_images/) "
-                           "or mmpose's (annotations/*.json, images/)")
-    data.add_argument("--train-ann-file", type=Path, default=None,
-                      help="instead of --wflw-root: mmpose JSON for training (with --img-dir)")
-    data.add_argument("--val-ann-file", type=Path, default=None, help="mmpose JSON for validation")
-    data.add_argument("--img-dir", type=Path, default=None, help="image folder of the JSON files")
-    data.add_argument("--val-split", choices=["test", "train"], default="test",
-                      help="split validated on (default: test, as mmpose)")
-    data.add_argument("--no-check-images", action="store_true",
-                      help="skip the up-front check that every image file exists")
-    p.add_argument("--work-dir", type=Path, required=True, help="logs and checkpoints go here")
-    p.add_argument("--arch", default="hrnetv2_w18", choices=sorted(ARCHITECTURES),
-                   help="model width/depth (default: hrnetv2_w18; hrnetv2_tiny for tests)")
-
-    sched = p.add_argument_group("schedule (defaults: mmpose's config)")
-    sched.add_argument("--epochs", type=int, default=60, help="total epochs (default: 60)")
-    sched.add_argument("--batch-size", type=int, default=64,
-                       help="samples per process and iteration (default: 64)")
-    sched.add_argument("--lr", type=float, default=2e-3,
-                       help="Adam learning rate (default: 2e-3, for 8 processes x 64; NOT "
-                            "rescaled automatically for other world or batch sizes)")
-    sched.add_argument("--lr-steps", type=int, nargs="*", default=[40, 55],
-                       help="epochs at which the LR is multiplied by --lr-gamma (default: 40 55)")
-    sched.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor (default: 0.1)")
-    sched.add_argument("--warmup-iters", type=int, default=500,
-                       help="linear warm-up iterations (default: 500; 0 disables)")
-    sched.add_argument("--warmup-ratio", type=float, default=0.001,
-                       help="warm-up starting LR as a fraction of --lr (default: 0.001)")
-    sched.add_argument("--workers", type=int, default=2,
-                       help="DataLoader worker processes per process (default: 2)")
-    sched.add_argument("--seed", type=int, default=0, help="seed of init, sampler and augmentation")
-
-    augment = p.add_argument_group("augmentation and targets (defaults: mmpose's config)")
-    augment.add_argument("--flip-prob", type=float, default=0.5)
-    augment.add_argument("--rot-factor", type=float, default=30.0,
-                         help="rotation = clip(N(0,1) x this, +-2 x this) degrees (default: 30)")
-    augment.add_argument("--rot-prob", type=float, default=0.6)
-    augment.add_argument("--scale-factor", type=float, default=0.25,
-                         help="scale x clip(1 + N(0,1) x this, 1 -+ this) (default: 0.25)")
-    augment.add_argument("--sigma", type=float, default=2.0, help="target Gaussian sigma (default: 2)")
-
-    run = p.add_argument_group("validation, checkpoints, logging")
-    run.add_argument("--val-interval", type=int, default=1,
-                     help="validate every N epochs and keep the best NME checkpoint (0: never)")
-    run.add_argument("--val-batch-size", type=int, default=32,
-                     help="network rows per forward pass in validation (default: 32)")
-    run.add_argument("--no-val-flip-test", action="store_true",
-                     help="validate without the flip test (mmpose validates with it)")
-    run.add_argument("--checkpoint-interval", type=int, default=1,
-                     help="save epoch_<n>.pth every N epochs (default: 1; 0: only resume.pth, "
-                          "best and final)")
-    run.add_argument("--max-keep-ckpts", type=int, default=-1,
-                     help="keep only the newest N epoch_<n>.pth files (default: -1, all)")
-    run.add_argument("--log-interval", type=int, default=5,
-                     help="iterations per log.jsonl train record (default: 5)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
-                     help="continue from PATH, or with no value from <work-dir>/resume.pth if it "
-                          "exists (restores model, optimiser, schedule, AMP scaler and RNG state)")
-
-    init = p.add_argument_group("initialisation and hardware")
-    init.add_argument("--pretrained", default=None, metavar="FILE|URL",
-                      help="ImageNet HRNetV2 backbone weights (mmpose: "
-                           "open-mmlab://msra/hrnetv2_w18, understood as an alias of its URL); "
-                           "default: mmpose's random init")
-    init.add_argument("--pretrained-sha256", default=None,
-                      help="expected sha256 (prefix) of --pretrained; URLs default to the hash "
-                           "in the file name")
-    init.add_argument("--cache-dir", type=Path, default=None, help="download cache")
-    init.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                      help="auto: CUDA when available (process LOCAL_RANK's GPU)")
-    init.add_argument("--no-amp", action="store_true",
-                      help="disable mixed precision (used on CUDA only; CPU is always float32)")
-
-    out = p.add_argument_group("export")
-    out.add_argument("--export", nargs="?", const="auto", default=None, metavar="ONNX",
-                     help="after training, export to ONNX through `export` (default path: "
-                          "<work-dir>/<arch>_wflw.onnx)")
-    out.add_argument("--export-which", choices=["best", "last"], default="best",
-                     help="checkpoint to export: best validation NME (default) or the last epoch")
-    p.set_defaults(func=train_command)

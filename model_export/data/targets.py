@@ -1,7 +1,8 @@
-"""Training targets: mmpose's unbiased (DARK) Gaussian heatmaps (PIPELINE.md section 5.7).
+"""Training targets: mmpose's unbiased (DARK) Gaussian heatmaps (docs/PIPELINE.md section 5.7).
 
 `TopDownGenerateTarget(sigma=2, unbiased_encoding=True)` of mmpose 0.x, as a pure numpy
-function. Precision follows mmpose under numpy 1.x (the version it ran on): the joint
+function. Sizes and sigma come from the model's `HeatmapCodec`, the same object the DARK decode
+reads its blur kernel from. Precision follows mmpose under numpy 1.x (the version it ran on): the joint
 coordinates are float32 (they come out of the affine step stored in a float32 array), the
 heatmap centre mu = joint / stride is computed in float64 and then meets the float32 grid
 as a float32 value, so the whole Gaussian is evaluated in float32. (Under numpy 2 mmpose's
@@ -12,18 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.pipeline.config import HeatmapCodec
+
+WFLW_CODEC = HeatmapCodec()  # mmpose's: 256x256 input, 64x64 heatmaps, sigma 2
+
 
 def unbiased_gaussian_targets(
     joints: np.ndarray,
     visible: np.ndarray,
-    image_size: tuple[int, int] = (256, 256),
-    heatmap_size: tuple[int, int] = (64, 64),
-    sigma: float = 2.0,
+    codec: HeatmapCodec = WFLW_CODEC,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian heatmaps centred on the exact (sub-pixel) joint positions.
 
     joints: (K, 2) joint (x, y) in input-crop pixels; visible: (K,) visibility (0 or 1).
-    image_size, heatmap_size: (width, height) of the network input and of its heatmaps.
+    codec: input_size and heatmap_size (width, height) and the Gaussian sigma (heatmap px).
     Returns target (K, H, W) float32 and target_weight (K, 1) float32.
 
     For joint k the weight starts as visible[k]. With stride = image_size / heatmap_size and
@@ -38,8 +41,10 @@ def unbiased_gaussian_targets(
     if len(visible) != len(joints):
         raise ValueError(f"{len(joints)} joints but {len(visible)} visibility values")
     num_joints = len(joints)
-    width, height = heatmap_size
-    stride = np.asarray(image_size, dtype=np.float64) / np.asarray(heatmap_size, dtype=np.float64)
+    width, height = codec.heatmap_size
+    sigma = codec.sigma
+    stride = (np.asarray(codec.input_size, dtype=np.float64)
+              / np.asarray(codec.heatmap_size, dtype=np.float64))
     tmp_size = sigma * 3
 
     target = np.zeros((num_joints, height, width), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Training augmentation of mmpose's `hrnetv2_w18_wflw_256x256_dark` (PIPELINE.md section 5).
+"""Training augmentation of mmpose's `hrnetv2_w18_wflw_256x256_dark` (docs/PIPELINE.md section 5).
 
     centre/scale (scale * 1.25) -> random flip -> random scale and rotation -> affine crop
     -> normalise -> unbiased Gaussian targets
@@ -6,7 +6,8 @@
 Every step the service also performs comes from `service.pipeline`: the affine matrix
 (`geometry.get_affine_transform`), point mapping (`geometry.affine_transform_points`), the
 normalisation (`preprocess.normalize`), the flip permutation (`keypoints.flip_index`) and the
-pipeline constants (`config.PipelineConfig`). The crop itself is the same `cv2.warpAffine`
+pipeline constants (`config.PipelineConfig`, whose `HeatmapCodec` gives the box padding and the
+target sigma). The crop itself is the same `cv2.warpAffine`
 call as `preprocess.crop_faces`, which only lacks the rotation that training needs.
 
 Randomness comes from a `numpy.random.Generator` passed in (never the global state). Draws
@@ -22,7 +23,7 @@ import cv2
 import numpy as np
 
 from service.pipeline.config import PipelineConfig
-from service.pipeline.geometry import affine_transform_points, get_affine_transform
+from service.pipeline.geometry import PIXEL_STD, affine_transform_points, get_affine_transform
 from service.pipeline.keypoints import flip_index
 from service.pipeline.preprocess import normalize
 
@@ -37,12 +38,12 @@ class AugmentConfig:
     rot_factor: float = 30.0  # rotation = clip(rot_factor * N(0,1), -2 rot_factor, 2 rot_factor)
     scale_factor: float = 0.25  # scale *= clip(1 + scale_factor * N(0,1), 1 -/+ scale_factor)
     rot_prob: float = 0.6
-    sigma: float = 2.0  # target Gaussian sigma in heatmap pixels
 
 
 def padded_center_scale(center, scale: float, config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
-    """An annotation's centre and scalar scale -> centre (2,) float32, scale [s, s] * 1.25 float32
-    (`TopDownGetBboxCenterScale` when centre and scale are present; sections 5.2 and 6)."""
+    """An annotation's centre and scalar scale -> centre (2,) float32, scale [s, s] * padding
+    float32, the codec's padding being mmpose's 1.25 (`TopDownGetBboxCenterScale` when centre
+    and scale are present; sections 5.2 and 6)."""
     center = np.asarray(center, dtype=np.float32).reshape(2).copy()
     scale_arr = np.array([scale, scale], dtype=np.float32) * np.float32(config.bbox_padding)
     return center, scale_arr
@@ -79,6 +80,15 @@ def draw_augmentation(rng: np.random.Generator, aug: AugmentConfig) -> Augmentat
     return Augmentation(flipped, s_factor, rotation)
 
 
+def crop_matrix(center, scale, rotation: float, config: PipelineConfig) -> np.ndarray:
+    """The (2, 3) affine matrix of a training crop: box centre (2,), scale (2,) in units of the
+    codec's pixel_std, rotation in degrees, onto the codec's input size."""
+    if config.pixel_std != PIXEL_STD:
+        # get_affine_transform counts the scale in mmpose's 200 px units.
+        scale = np.asarray(scale, dtype=np.float64) * (config.pixel_std / PIXEL_STD)
+    return get_affine_transform(center, scale, rotation, config.input_size)
+
+
 def warp(rgb: np.ndarray, matrix: np.ndarray, input_size) -> np.ndarray:
     """The crop of `preprocess.crop_faces`: bilinear warpAffine, constant zero border."""
     width, height = input_size
@@ -110,14 +120,13 @@ def train_sample(rgb: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, ce
     s = s * np.float32(augmentation.scale_factor)
     r = augmentation.rotation
 
-    matrix = get_affine_transform(c, s, r, config.input_size)
+    matrix = crop_matrix(c, s, r, config)
     crop = warp(rgb, matrix, config.input_size)
     shown = vis > 0
     joints[shown] = affine_transform_points(joints[shown], matrix).astype(np.float32)
 
     img = normalize(crop[None], config.mean, config.std)[0]
-    target, weight = unbiased_gaussian_targets(joints, vis, config.input_size,
-                                               config.heatmap_size, aug.sigma)
+    target, weight = unbiased_gaussian_targets(joints, vis, config.codec)
     return {
         "img": img,
         "target": target,

@@ -14,13 +14,16 @@
    `face_landmarks_wflw_test_{largepose,...}.json` subset files), images under a separate
    folder. Each annotation carries `keypoints` (98 x [x, y, v]), `bbox`, `center` and a scalar
    `scale` (units of 200 px, before the 1.25 padding); training and evaluation use `center`
-   and `scale`, never `bbox` (sections 5 and 6).
+   and `scale`, never `bbox` (docs/PIPELINE.md sections 5 and 6).
+
+Records hold `scale` in units of the codec's `pixel_std` (`HeatmapCodec`, mmpose's 200 px by
+default): the readers take `pixel_std` and convert mmpose's JSON when it differs.
 
 **Crop centre and scale for the text form.** mmpose never reads the text files; its JSON was
 made by a conversion script that is not published, so its `center`/`scale` cannot be
 reproduced exactly. This reader uses the rule the four published sample faces approximate
 (section 7): `center` = midpoint of the landmark extent (min and max of the 98 points on each
-axis) and `scale` = max(extent width, extent height) / 200, unrounded. On the samples mmpose's
+axis) and `scale` = max(extent width, extent height) / pixel_std, unrounded. On the samples mmpose's
 centre lies on a half-pixel grid within 0.5 px of that midpoint and its scale is 0.8 to 2.2 %
 larger (rounded up to a multiple of 0.005, plus one outlier), so crops from the text form are a
 little tighter than mmpose's and NME from it is close to, not identical with, the published
@@ -44,9 +47,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.pipeline.config import HeatmapCodec
 from service.pipeline.preprocess import ImageDecodeError, decode_image
 
 NUM_KEYPOINTS = 98
+# Box scale unit of the crop (the codec's); mmpose's JSON files count their `scale` in 200 px.
+DEFAULT_PIXEL_STD = HeatmapCodec().pixel_std
+MMPOSE_JSON_PIXEL_STD = 200.0
 # Decoding limit for dataset images (WFLW's largest are a few megapixels).
 MAX_PIXELS = 100_000_000
 
@@ -81,8 +88,8 @@ class FaceRecord:
     """One annotated face.
 
     keypoints: (98, 2) float32 pixels; visible: (98,) float32 in {0, 1} (min(1, v));
-    center: (2,) float32; scale: the scalar face size in units of 200 px before the 1.25
-    padding; bbox: (4,) float32 x, y, w, h (informative only); attributes: the six flags
+    center: (2,) float32; scale: the scalar face size in units of pixel_std (200 px by
+    default) before the box padding; bbox: (4,) float32 x, y, w, h (informative only); attributes: the six flags
     (None for the JSON form); source: "file:line" or "file: annotation id".
     """
 
@@ -103,22 +110,24 @@ class FaceRecord:
         return np.array([self.scale, self.scale], dtype=np.float32)
 
 
-def center_scale_from_landmarks(keypoints: np.ndarray, visible: np.ndarray | None = None
-                                ) -> tuple[np.ndarray, float]:
-    """The text form's crop box (see the module docstring): extent midpoint and max extent/200."""
+def center_scale_from_landmarks(keypoints: np.ndarray, visible: np.ndarray | None = None,
+                                pixel_std: float = DEFAULT_PIXEL_STD) -> tuple[np.ndarray, float]:
+    """The text form's crop box (see the module docstring): keypoints (K, 2) -> extent midpoint
+    (2,) float32 and max extent / pixel_std."""
     points = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
     if visible is not None:
         points = points[np.asarray(visible) > 0] if np.any(np.asarray(visible) > 0) else points
     lo, hi = points.min(axis=0), points.max(axis=0)
     center = ((lo + hi) / 2).astype(np.float32)
-    scale = float((hi - lo).max() / 200.0)
+    scale = float((hi - lo).max() / pixel_std)
     return center, scale
 
 
 # --------------------------------------------------------------------------- text form
 
 
-def parse_txt_line(line: str, where: str, image_root: Path) -> FaceRecord:
+def parse_txt_line(line: str, where: str, image_root: Path,
+                   pixel_std: float = DEFAULT_PIXEL_STD) -> FaceRecord:
     """One line of list_98pt_rect_attr_*.txt -> FaceRecord; `where` is "file:line"."""
     parts = line.split()
     if len(parts) != _FIELDS:
@@ -143,7 +152,7 @@ def parse_txt_line(line: str, where: str, image_root: Path) -> FaceRecord:
     keypoints = numbers[:2 * NUM_KEYPOINTS].reshape(NUM_KEYPOINTS, 2).astype(np.float32)
     x1, y1, x2, y2 = numbers[2 * NUM_KEYPOINTS:]
     visible = np.ones(NUM_KEYPOINTS, dtype=np.float32)
-    center, scale = center_scale_from_landmarks(keypoints)
+    center, scale = center_scale_from_landmarks(keypoints, pixel_std=pixel_std)
     if scale <= 0:
         raise WFLWError(f"{where}: all 98 landmarks coincide; the face has no extent")
     return FaceRecord(
@@ -167,8 +176,8 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def read_txt(ann_file: str | Path, image_root: str | Path, check_images: bool = True
-             ) -> list[FaceRecord]:
+def read_txt(ann_file: str | Path, image_root: str | Path, check_images: bool = True,
+             pixel_std: float = DEFAULT_PIXEL_STD) -> list[FaceRecord]:
     """Parse an official annotation file; image paths are resolved under `image_root`."""
     ann_file, image_root = Path(ann_file), Path(image_root)
     if not ann_file.is_file():
@@ -178,7 +187,7 @@ def read_txt(ann_file: str | Path, image_root: str | Path, check_images: bool = 
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            records.append(parse_txt_line(line, f"{ann_file}:{number}", image_root))
+            records.append(parse_txt_line(line, f"{ann_file}:{number}", image_root, pixel_std))
     if not records:
         raise WFLWError(f"{ann_file} holds no annotations")
     if check_images:
@@ -189,8 +198,8 @@ def read_txt(ann_file: str | Path, image_root: str | Path, check_images: bool = 
 # --------------------------------------------------------------------------- JSON form
 
 
-def read_json(ann_file: str | Path, img_dir: str | Path, check_images: bool = True
-              ) -> list[FaceRecord]:
+def read_json(ann_file: str | Path, img_dir: str | Path, check_images: bool = True,
+              pixel_std: float = DEFAULT_PIXEL_STD) -> list[FaceRecord]:
     """Parse mmpose's COCO-style WFLW JSON; `file_name`s are resolved under `img_dir`."""
     ann_file, img_dir = Path(ann_file), Path(img_dir)
     if not ann_file.is_file():
@@ -213,7 +222,7 @@ def read_json(ann_file: str | Path, img_dir: str | Path, check_images: bool = Tr
     for i, ann in enumerate(data["annotations"]):
         ann_id = ann.get("id", i) if isinstance(ann, dict) else i
         where = f"{ann_file}: annotations[{i}] (id {ann_id})"
-        records.append(_json_record(ann, where, images, img_dir))
+        records.append(_json_record(ann, where, images, img_dir, pixel_std))
     if not records:
         raise WFLWError(f"{ann_file} holds no annotations")
     if check_images:
@@ -221,7 +230,8 @@ def read_json(ann_file: str | Path, img_dir: str | Path, check_images: bool = Tr
     return records
 
 
-def _json_record(ann, where: str, images: dict[int, str], img_dir: Path) -> FaceRecord:
+def _json_record(ann, where: str, images: dict[int, str], img_dir: Path,
+                 pixel_std: float) -> FaceRecord:
     if not isinstance(ann, dict):
         raise WFLWError(f"{where}: an annotation must be an object")
     missing = [k for k in ("image_id", "keypoints", "center", "scale") if k not in ann]
@@ -249,6 +259,8 @@ def _json_record(ann, where: str, images: dict[int, str], img_dir: Path) -> Face
         raise WFLWError(f"{where}: keypoints, center and scale must be finite")
     if scale <= 0:
         raise WFLWError(f"{where}: scale must be > 0, got {scale}")
+    if pixel_std != MMPOSE_JSON_PIXEL_STD:
+        scale = scale * MMPOSE_JSON_PIXEL_STD / pixel_std
     kpts = kpts.reshape(NUM_KEYPOINTS, 3)
     return FaceRecord(
         image_path=img_dir / images[image_id],
@@ -274,12 +286,12 @@ def json_subset_files(ann_file: str | Path) -> dict[str, Path]:
     return found
 
 
-def read_json_subsets(ann_file: str | Path, img_dir: str | Path, check_images: bool = True
-                      ) -> dict[str, list[FaceRecord]]:
+def read_json_subsets(ann_file: str | Path, img_dir: str | Path, check_images: bool = True,
+                      pixel_std: float = DEFAULT_PIXEL_STD) -> dict[str, list[FaceRecord]]:
     """{"test": faces of ann_file, "<subset>": faces of each subset file found next to it}."""
-    subsets = {"test": read_json(ann_file, img_dir, check_images)}
+    subsets = {"test": read_json(ann_file, img_dir, check_images, pixel_std)}
     for subset, path in json_subset_files(ann_file).items():
-        subsets[subset] = read_json(path, img_dir, check_images)
+        subsets[subset] = read_json(path, img_dir, check_images, pixel_std)
     return subsets
 
 
@@ -330,38 +342,41 @@ def subsets_by_flags(records: Sequence[FaceRecord]) -> dict[str, list[FaceRecord
 
 @dataclass(frozen=True)
 class WFLWSource:
-    """Where a split lives: the form, the annotation file and the image folder."""
+    """Where a split lives: the form, the annotation file and the image folder, and the unit
+    (pixel_std) its records' box scale is given in."""
 
     form: str  # "txt" or "json"
     ann_file: Path
     img_dir: Path
+    pixel_std: float = DEFAULT_PIXEL_STD
 
     def read(self, check_images: bool = True) -> list[FaceRecord]:
         if self.form == "txt":
-            return read_txt(self.ann_file, self.img_dir, check_images)
-        return read_json(self.ann_file, self.img_dir, check_images)
+            return read_txt(self.ann_file, self.img_dir, check_images, self.pixel_std)
+        return read_json(self.ann_file, self.img_dir, check_images, self.pixel_std)
 
     def read_subsets(self, check_images: bool = True) -> dict[str, list[FaceRecord]]:
         """The evaluation sets this source defines (all seven for the text form; for JSON the
         whole file plus whichever mmpose subset files sit next to it)."""
         if self.form == "txt":
             return subsets_by_flags(self.read(check_images))
-        found = read_json_subsets(self.ann_file, self.img_dir, check_images)
+        found = read_json_subsets(self.ann_file, self.img_dir, check_images, self.pixel_std)
         return {name: found[name] for name in SUBSET_ORDER if name in found}
 
 
-def candidate_sources(root: str | Path, split: str) -> list[WFLWSource]:
+def candidate_sources(root: str | Path, split: str, pixel_std: float = DEFAULT_PIXEL_STD
+                      ) -> list[WFLWSource]:
     root = Path(root)
     txt_name = f"list_98pt_rect_attr_{split}.txt"
     json_name = f"face_landmarks_wflw_{split}.json"
     return [
-        WFLWSource("txt", root / TXT_ANNOTATION_DIR / txt_name, root / TXT_IMAGE_DIR),
-        WFLWSource("txt", root / "WFLW_annotations" / txt_name, root / TXT_IMAGE_DIR),
-        WFLWSource("json", root / JSON_ANNOTATION_DIR / json_name, root / JSON_IMAGE_DIR),
+        WFLWSource("txt", root / TXT_ANNOTATION_DIR / txt_name, root / TXT_IMAGE_DIR, pixel_std),
+        WFLWSource("txt", root / "WFLW_annotations" / txt_name, root / TXT_IMAGE_DIR, pixel_std),
+        WFLWSource("json", root / JSON_ANNOTATION_DIR / json_name, root / JSON_IMAGE_DIR, pixel_std),
     ]
 
 
-def find_split(root: str | Path, split: str) -> WFLWSource:
+def find_split(root: str | Path, split: str, pixel_std: float = DEFAULT_PIXEL_STD) -> WFLWSource:
     """Locate a split under a WFLW root in either layout (the official text form first).
 
     Official: <root>/WFLW_annotations/list_98pt_rect_attr_train_test/list_98pt_rect_attr_<split>.txt
@@ -373,7 +388,7 @@ def find_split(root: str | Path, split: str) -> WFLWSource:
     root = Path(root)
     if not root.is_dir():
         raise WFLWError(f"WFLW root {root} is not a directory")
-    candidates = candidate_sources(root, split)
+    candidates = candidate_sources(root, split, pixel_std)
     for source in candidates:
         if source.ann_file.is_file():
             if not source.img_dir.is_dir():
@@ -388,5 +403,6 @@ def find_split(root: str | Path, split: str) -> WFLWSource:
     )
 
 
-def read_split(root: str | Path, split: str, check_images: bool = True) -> list[FaceRecord]:
-    return find_split(root, split).read(check_images)
+def read_split(root: str | Path, split: str, check_images: bool = True,
+               pixel_std: float = DEFAULT_PIXEL_STD) -> list[FaceRecord]:
+    return find_split(root, split, pixel_std).read(check_images)

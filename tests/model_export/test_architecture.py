@@ -7,10 +7,10 @@ from tests.conftest import DATA
 
 
 def test_state_dict_keys_and_shapes_equal_the_official_checkpoint():
-    reference = dict(
-        (key, tuple(shape))
+    reference = {
+        key: tuple(shape)
         for key, shape in json.loads((DATA / "hrnetv2_w18_wflw_dark_state_dict.json").read_text())
-    )
+    }
     ours = {k: tuple(v.shape) for k, v in build_model("hrnetv2_w18").state_dict().items()}
     assert len(reference) == 1839
     assert sorted(ours.keys() - reference.keys()) == []

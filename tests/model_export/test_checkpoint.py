@@ -7,6 +7,7 @@ import http.server
 import threading
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate = set()
+    truncate: ClassVar[set[str]] = set()
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -57,7 +58,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def http_root(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
+    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model_export.checkpoint import save_mmpose_checkpoint, sha256_of
+from model_export.checkpoint import save_mmpose_checkpoint
 from model_export.cli import main
 from model_export.export import convert_fp16, read_metadata
 from model_export.model import build_model, randomize_for_demo
@@ -60,7 +61,7 @@ def test_metadata_records_provenance_and_pipeline(w18_checkpoint_and_onnx):
     assert json.loads(meta["landmarks.flip_pairs"])[27] == [60, 72]
     assert json.loads(meta["landmarks.color_order"]) == "RGB"
     assert json.loads(meta["landmarks.trained"]) is True
-    assert json.loads(meta["landmarks.source_checkpoint_sha256"]) == sha256_of(ckpt)
+    assert json.loads(meta["landmarks.source_checkpoint_sha256"]) == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     versions = json.loads(meta["landmarks.versions"])
     assert versions["torch"] == torch.__version__ and versions["onnx"] == onnx.__version__
     assert "opset 17" in json.loads(meta["landmarks.exporter"])
