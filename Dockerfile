@@ -83,8 +83,9 @@ RUN python -m model_export fetch-default \
         --url "${CHECKPOINT_URL}" --sha256 "${CHECKPOINT_SHA256}" \
         --cache-dir /tmp/checkpoints \
         --output /out/hrnetv2_w18_wflw_dark.onnx --fp16 \
-    && rm -rf /tmp/checkpoints \
-    && python -m model_export fetch-detector --output /out/retinaface_mnet025.onnx
+    && python -m model_export fetch-detector \
+        --cache-dir /tmp/checkpoints --output /out/retinaface_mnet025.onnx \
+    && rm -rf /tmp/checkpoints
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime-deps
