@@ -1,14 +1,23 @@
-"""Structured JSON logs, one object per line, carrying the request id when there is one."""
+"""Structured JSON logs, one object per line, carrying the request id when there is one.
+
+`logging_config(level)` is a `logging.config.dictConfig` dictionary: uvicorn applies it in
+every process it starts (the supervisor and each spawned worker configure logging afresh),
+so all processes write the same JSON lines; each line names its process (`pid`).
+"""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
-import sys
+import logging.config
+import os
 import time
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+# uvicorn's follow-up to a failed start-up; the line before it already says what failed.
+_REDUNDANT_STARTUP_LINE = "Application startup failed. Exiting."
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,6 +27,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process if record.process is not None else os.getpid(),
             "msg": record.getMessage(),
         }
         request_id = request_id_var.get()
@@ -31,15 +41,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class DropRedundantStartupLine(logging.Filter):
+    """Drops uvicorn's "Application startup failed. Exiting." (the service has already logged
+    one line saying why), so a failed start-up says what failed once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _REDUNDANT_STARTUP_LINE
+
+
+def logging_config(level: str) -> dict:
+    """dictConfig for the root logger (JSON to stderr) and uvicorn's loggers (propagating to
+    it; uvicorn's access lines are replaced by the service's own per-request line)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+        "filters": {"startup": {"()": "service.logs.DropRedundantStartupLine"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                                "formatter": "json", "filters": ["startup"]}},
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.access": {"handlers": [], "propagate": True, "level": "WARNING"},
+        },
+    }
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = []
-        logger.propagate = True
-    # Access lines are replaced by our own per-request log with the request id.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.config.dictConfig(logging_config(level))

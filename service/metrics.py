@@ -1,11 +1,42 @@
-"""Prometheus metrics, all prefixed `landmarks_`, on a registry owned by one app instance."""
+"""Prometheus metrics, all prefixed `landmarks_`, on a registry owned by one app instance.
+
+With several worker processes (`LANDMARKS_WORKERS` > 1) prometheus_client runs in its
+multiprocess mode: `python -m service` points `PROMETHEUS_MULTIPROC_DIR` at an empty
+directory before the workers start, each worker writes its values to files there, and
+`/metrics` (whichever worker answers it) reads them all. Counters and histograms are then
+sums over every worker that ever ran; each gauge says how its per-process values combine:
+
+- queue depth and in-flight requests: `livesum`, the service's total, over live workers
+  (a dead worker's queue is gone, so its last value must not linger);
+- ready: `livemin`, 1 only when every live worker is ready. The kernel hands a new
+  connection to any worker, so the service answers every request only when all of them
+  can (and the series keeps its single-process meaning: 1 when /readyz answers 200, here
+  whichever worker the probe reaches);
+- model info: `livemax`, 1 for each model/provider some live worker serves.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STAGES = ("decode", "preprocess", "queue", "inference", "postprocess")
+STAGES = ("decode", "detect", "preprocess", "queue", "inference", "postprocess")
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, or None in single-process mode."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 
 class Metrics:
@@ -29,10 +60,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )
         self.queue_depth = Gauge(
-            "landmarks_queue_depth", "Network inputs waiting for the batcher", registry=r
+            "landmarks_queue_depth", "Network inputs waiting for the batcher", registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
-            "landmarks_inflight_requests", "POST /landmarks requests being served", registry=r
+            "landmarks_inflight_requests",
+            "POST requests whose body has arrived and that are being served", registry=r,
+            multiprocess_mode="livesum",
         )
         self.faces = Counter("landmarks_faces", "Faces processed", registry=r)
         self.rejections = Counter(
@@ -41,7 +75,26 @@ class Metrics:
         self.model_info = Gauge(
             "landmarks_model_info", "The served model (value 1); provider is the one in use",
             ["model", "sha256", "provider", "precision", "trained"], registry=r,
+            multiprocess_mode="livemax",
         )
-        self.ready = Gauge("landmarks_ready", "1 when /readyz answers 200", registry=r)
+        self.ready = Gauge("landmarks_ready", "1 when /readyz answers 200 (every worker ready)",
+                           registry=r, multiprocess_mode="livemin")
         for stage in STAGES:  # export every series from the start, so dashboards see zeros
             self.stage_latency.labels(stage)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """(Prometheus text, its content type): this process's registry, or with worker
+        processes the combination of every worker's values."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)
+        return generate_latest(combined), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters stay in the sums)."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, directory)

@@ -1,19 +1,16 @@
 """JSON errors with a stable machine-readable `code` and a human `detail`.
 
-No stack trace or file path ever reaches a response body; unexpected exceptions are logged
-with the request id and answered as a generic 500.
+No stack trace or file path ever reaches a response body. Unexpected exceptions are caught by
+`RequestGuard` (service.api.middleware), inside the request's context: logged once with the
+request's id and answered as a generic 500 that carries `X-Request-Id`.
 """
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("service.api")
 
 
 class ApiError(Exception):
@@ -53,10 +50,3 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else code
         return JSONResponse(error_body(code, detail, request), exc.status_code,
                             headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error")
-        _count(request, "internal_error")
-        return JSONResponse(error_body("internal_error", "internal server error; see the server "
-                                       "log for this request id", request), 500)
