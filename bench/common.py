@@ -36,6 +36,7 @@ class Context:
     providers: str = "cpu"  # LANDMARKS_PROVIDERS for the server and the bare sessions
     command: str = "make bench"
     notes: list[str] = field(default_factory=list)
+    serving_workers: tuple[int, ...] = (1, 2)  # LANDMARKS_WORKERS values the serving section runs
 
     def scale(self, full: float, quick: float) -> float:
         return quick if self.quick else full

@@ -21,7 +21,10 @@ TITLES = {
     "service": "3. Service end to end",
     "serving": "4. Serving layer (instant network)",
     "memory": "5. Memory",
+    "gpu_network": "GPU network (PyTorch)",
 }
+# Run only when named in --only (bench/gpu.sh does): they need a GPU.
+OPTIONAL = ("gpu_network",)
 _SECTION = re.compile(r"<!-- section:(\w+) -->\n(.*?)<!-- /section:\1 -->", re.DOTALL)
 _SUMMARY = re.compile(r"<!-- summary (\{.*?\}) -->", re.DOTALL)
 
@@ -230,7 +233,7 @@ def write(path: Path, ctx: Context, results: list[SectionResult], timings: dict[
     explained = notes(summaries)
     if explained:
         lines += ["Where the misses come from (figures from the sections below):", "", *explained, ""]
-    for name in ORDER + tuple(k for k in sections if k not in ORDER):
+    for name in ORDER + tuple(k for k in sections if k not in ORDER):  # OPTIONAL last
         if name not in sections:
             continue
         body, summary = sections[name]
