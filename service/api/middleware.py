@@ -127,8 +127,11 @@ class RequestGuard:
                     # The body went over the limit while the app read it, and the app answered
                     # something else (e.g. a parser error): the limit is the real answer.
                     exchange.replaced = True
-                    await _send_json(send_with_id, 413, "body_too_large",
-                                     f"body exceeds the {self.max_body}-byte limit", request_id)
+                    exchange.status, exchange.response_started = 413, True
+                    self.metrics.rejections.labels("body_too_large").inc()
+                    await _send_json(send, 413, "body_too_large",
+                                     f"body exceeds the {self.max_body}-byte limit", request_id,
+                                     [header])
                     return
                 exchange.status = message["status"]
                 exchange.response_started = True
@@ -191,10 +194,12 @@ def _clean_request_id(value: str | None) -> str | None:
     return value
 
 
-async def _send_json(send, status: int, code: str, detail: str, request_id: str) -> None:
+async def _send_json(send, status: int, code: str, detail: str, request_id: str,
+                     extra_headers=()) -> None:
     body = json.dumps({"code": code, "detail": detail, "request_id": request_id}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        *extra_headers]})
     await send({"type": "http.response.body", "body": body})
 
 
