@@ -8,10 +8,11 @@ sums over every worker that ever ran; each gauge says how its per-process values
 
 - queue depth and in-flight requests: `livesum`, the service's total, over live workers
   (a dead worker's queue is gone, so its last value must not linger);
-- ready: `livemin`, 1 only when every live worker is ready. The kernel hands a new
-  connection to any worker, so the service answers every request only when all of them
-  can (and the series keeps its single-process meaning: 1 when /readyz answers 200, here
-  whichever worker the probe reaches);
+- ready: `livesum`, the number of live workers that are ready (1 or 0 with one process).
+  The kernel hands a new connection to any worker, so the service answers every request
+  only when this equals LANDMARKS_WORKERS; a minimum would hide how many are missing, and
+  a worker that has not yet created its metrics would not lower it (`ready_workers()`
+  gives the count to /readyz, which compares it with the expected number);
 - model info: `livemax`, 1 for each model/provider some live worker serves.
 """
 
@@ -77,8 +78,9 @@ class Metrics:
             ["model", "sha256", "provider", "precision", "trained"], registry=r,
             multiprocess_mode="livemax",
         )
-        self.ready = Gauge("landmarks_ready", "1 when /readyz answers 200 (every worker ready)",
-                           registry=r, multiprocess_mode="livemin")
+        self.ready = Gauge("landmarks_ready", "Worker processes ready to serve (1 with one process; "
+                           "all are when it equals LANDMARKS_WORKERS)",
+                           registry=r, multiprocess_mode="livesum")
         for stage in STAGES:  # export every series from the start, so dashboards see zeros
             self.stage_latency.labels(stage)
 
@@ -91,6 +93,18 @@ class Metrics:
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined, path=directory)
         return generate_latest(combined), CONTENT_TYPE_LATEST
+
+
+    def ready_workers(self) -> int | None:
+        """How many live worker processes are ready (the combined `landmarks_ready`), or None
+        with one process, where this process's own readiness is the whole answer."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return None
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)
+        value = combined.get_sample_value("landmarks_ready")
+        return int(value or 0)
 
 
 def mark_worker_dead(pid: int) -> None:
