@@ -165,7 +165,7 @@ async function run() {
   els.download.disabled = false;
   const faces = result.faces.length;
   setState("done", faces
-    ? `${faces} face${faces === 1 ? "" : "s"}, ${result.points} points, ${fmt(result.timings_ms.total)} ms on the server.`
+    ? `${faces} face${faces === 1 ? "" : "s"}, ${result.points} points, ${fmt((result.timings_ms || {}).total)} ms on the server.`
     : "No faces found (see the warnings).");
 }
 
