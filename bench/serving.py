@@ -473,6 +473,12 @@ def _report(ctx: Context, load0: str, m: Measured) -> SectionResult:
     c1_rows = _c1_table(m, summary)
     step_rows = [[name, ms(s, 3)] for name, s in m.steps.items()]
     step_rows.append(["sum of the steps", ms(sum(m.steps.values()), 3)])
+    md = _report_markdown(ctx, load0, m, load_rows, worker_rows, step_rows, c1_rows)
+    return SectionResult("serving", "4. Serving layer (instant network)", "\n".join(md), summary)
+
+
+def _report_markdown(ctx: Context, load0: str, m: Measured, load_rows, worker_rows, step_rows,
+                     c1_rows) -> list[str]:
     plan = m.plan
     ready = m.ready.get("instant_w1", {})
     md = [
@@ -535,4 +541,4 @@ def _report(ctx: Context, load0: str, m: Measured) -> SectionResult:
         "",
         stamp(ctx, load0),
     ]
-    return SectionResult("serving", "4. Serving layer (instant network)", "\n".join(md), summary)
+    return md

@@ -37,6 +37,38 @@ from .observe import RssSampler, start_server
 IMAGE = SAMPLES / "36_Football_americanfootball_ball_36_415.jpg"
 
 
+def _window_rows(records: list, rss: list, cpu: list, seconds: float,
+                 window: float) -> tuple[list[list], list[float]]:
+    """One table row per `window` seconds: requests, latency, errors, RSS, CPU shares.
+
+    records: (start s, end s, status) per request; rss: (s, MiB); cpu: (s, CPU-seconds of
+    all processes, CPU-seconds of the server). -> (rows, p50 latency per window).
+    """
+    n_windows = max(1, round(seconds / window))
+    rows, window_p50 = [], []
+    for w in range(n_windows):
+        lo, hi = w * window, (w + 1) * window
+        inside = [r for r in records if lo <= r[1] < hi]
+        ok = [r[1] - r[0] for r in inside if r[2] == 200]
+        errors = len(inside) - len(ok)
+        rss_in = [m for t, m in rss if lo <= t < hi]
+        rss_last = rss_in[-1] if rss_in else float("nan")
+        cpu_in = [x for x in cpu if lo <= x[0] < hi]
+        if len(cpu_in) >= 2:
+            span = cpu_in[-1][0] - cpu_in[0][0]
+            server_cpu = (cpu_in[-1][2] - cpu_in[0][2]) / span
+            rest_cpu = (cpu_in[-1][1] - cpu_in[0][1]) / span - server_cpu
+        else:
+            server_cpu = rest_cpu = float("nan")
+        window_p50.append(percentile(ok, 50))
+        rows.append([f"{lo / 60:.1f}-{hi / 60:.1f}", len(ok), f"{len(ok) / window:.2f}",
+                     ms(percentile(ok, 50), 0), ms(percentile(ok, 95), 0),
+                     ms(percentile(ok, 99), 0), errors, f"{rss_last:.0f}",
+                     f"{max(rss_in, default=float('nan')):.0f}", f"{server_cpu:.0%}",
+                     f"{rest_cpu:.0%}"])
+    return rows, window_p50
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,28 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     records = result["records"]
     rss = [(t - t_start, m) for t, m in sampler.samples]
     cpu = [(t - t_start, a, p) for t, a, p in sampler.cpu]
-    n_windows = max(1, round(seconds / args.window))
-    rows, window_p50 = [], []
-    for w in range(n_windows):
-        lo, hi = w * args.window, (w + 1) * args.window
-        inside = [r for r in records if lo <= r[1] < hi]
-        ok = [r[1] - r[0] for r in inside if r[2] == 200]
-        errors = len(inside) - len(ok)
-        rss_in = [m for t, m in rss if lo <= t < hi]
-        rss_last = rss_in[-1] if rss_in else float("nan")
-        cpu_in = [x for x in cpu if lo <= x[0] < hi]
-        if len(cpu_in) >= 2:
-            span = cpu_in[-1][0] - cpu_in[0][0]
-            server_cpu = (cpu_in[-1][2] - cpu_in[0][2]) / span
-            rest_cpu = (cpu_in[-1][1] - cpu_in[0][1]) / span - server_cpu
-        else:
-            server_cpu = rest_cpu = float("nan")
-        window_p50.append(percentile(ok, 50))
-        rows.append([f"{lo / 60:.1f}-{hi / 60:.1f}", len(ok), f"{len(ok) / args.window:.2f}",
-                     ms(percentile(ok, 50), 0), ms(percentile(ok, 95), 0),
-                     ms(percentile(ok, 99), 0), errors, f"{rss_last:.0f}",
-                     f"{max(rss_in, default=float('nan')):.0f}", f"{server_cpu:.0%}",
-                     f"{rest_cpu:.0%}"])
+    rows, window_p50 = _window_rows(records, rss, cpu, seconds, args.window)
     first_rss = next((m for t, m in rss if t >= args.window), rss_ready)
     dump_json("soak", {"records": records, "rss": rss})
     statuses: dict[str, int] = {}
