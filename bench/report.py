@@ -187,6 +187,19 @@ def notes(summaries: dict[str, dict]) -> list[str]:
             + ", ".join(f"{v:.2f} (flip {k})" for k, v in sv.get("c16_tput_ratio_pipeline", {}).items())
             + ", so the HTTP layer itself costs little; the gap to the bare model is CPU the "
             "pipeline needs, which a GPU host (network on the GPU) does not take from the model.")
+    sl, gn = summaries.get("serving", {}), summaries.get("gpu_network", {})
+    cpu = sl.get("server_cpu_ms_per_face", {}).get("w1", {}).get("on")
+    if cpu:
+        inherent = sl.get("inherent_cpu_ms_per_face", float("nan"))
+        text = (f"- **Serving layer.** With an instant network the server spends {cpu:.2f} ms of "
+                f"CPU per face (flip on, 1 worker) where the work itself takes {inherent:.2f} ms "
+                f"({cpu / inherent:.2f}x): one core feeds at most {1000 / cpu:.0f} faces/s")
+        best = gn.get("best_crops_per_s", {})
+        if best:
+            name, rate = max(best.items(), key=lambda kv: kv[1])
+            text += (f"; the GPU runs the network at {rate:,.0f} crops/s ({name}), so feeding it "
+                     f"takes about {rate * cpu / 1000:.0f} cores of serving work")
+        out.append(text + " (section 4).")
     if st.get("dark_speedup_n1"):
         out.append(
             f"- **DARK.** {st['dark_speedup_n1']:.1f}x over the loop and "

@@ -415,7 +415,8 @@ def _load_table(m: Measured, summary: dict) -> list[list]:
         summary.setdefault("server_cpu_ms_per_face", {}).setdefault(wkey, {})[key] = median(per_face) * 1e3
         summary.setdefault("cpu_ratio", {}).setdefault(wkey, {})[key] = median(ratios)
         rows.append([workers, m.processes[workers], key, f"{median(rps):.1f}",
-                     ms(median(per_face), 2), ms(median(inherent_cpu), 2), ratio_text(ratios),
+                     ms(median(per_face), 2), f"{1 / median(per_face):.0f}",
+                     ms(median(inherent_cpu), 2), ratio_text(ratios),
                      f"{median([s['server']['mean_batch'] for s in rounds]):.1f}",
                      f"{counted:.0f} / {served}", errors,
                      f"{cpu['server']:.0%} / {cpu['client']:.0%} / {cpu['others']:.0%}"])
@@ -501,10 +502,13 @@ def _report_markdown(ctx: Context, load0: str, m: Measured, load_rows, worker_ro
          "a tight single-threaded loop in this process, between the load rounds (servers idle): "
          "cv2.imdecode, one cv2.warpAffine to 256x256, normalise, one cv2.GaussianBlur over the "
          "98 maps, argmax, json.dumps of a 98-point record. Ratio = per-round server / inherent "
-         "(median, range in brackets); target <= 1.5 with flip on and 1 worker."),
+         "(median, range in brackets); target <= 1.5 with flip on and 1 worker. The ceiling "
+         "column is 1000 / server CPU ms per face: the most faces per second one core of this "
+         "machine can feed a network that costs nothing, i.e. what a GPU host can at most be "
+         "fed with per serving core."),
         "",
         table(["workers", "processes", "flip", "faces/s", "server CPU ms/face",
-               "inherent CPU ms/face", "server / inherent", "mean batch",
+               "ceiling: faces/s per core", "inherent CPU ms/face", "server / inherent", "mean batch",
                "faces in /metrics / faces served", "errors",
                "CPU: server / client / other processes"], load_rows),
         "",
