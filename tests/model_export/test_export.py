@@ -13,9 +13,9 @@ import torch
 
 from model_export.checkpoint import save_mmpose_checkpoint
 from model_export.cli import main
-from model_export.export import convert_fp16, read_metadata
+from model_export.export import Provenance, convert_fp16, export_onnx, read_metadata
 from model_export.model import build_model, randomize_for_demo
-from service.pipeline.config import PipelineConfig
+from service.pipeline.config import HeatmapCodec, PipelineConfig
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,20 @@ def test_fp16_variant_keeps_float32_io_and_sensitive_ops(tiny_onnx, tmp_path):
     assert inits[last.input[1]].data_type == onnx.TensorProto.FLOAT
     assert json.loads(read_metadata(path16)["landmarks.precision"]) == "fp16"
     assert path16.stat().st_size < tiny_onnx.stat().st_size
+
+
+def test_export_function_api_writes_config_and_provenance(tmp_path):
+    model = build_model("hrnetv2_tiny")
+    randomize_for_demo(model, seed=3)
+    config = PipelineConfig(codec=HeatmapCodec(sigma=3.0))
+    result = export_onnx(model, tmp_path / "m.onnx", config=config,
+                         provenance=Provenance(trained=False, source="unit test",
+                                               extra={"note": "x"}))
+    assert result.path == tmp_path / "m.onnx" and result.size_bytes == result.path.stat().st_size
+    assert result.relative_diff <= 1e-4 and result.fp16_path is None
+    meta = read_metadata(result.path)
+    assert PipelineConfig.from_metadata(meta) == config
+    assert json.loads(meta["landmarks.model_name"]) == "hrnetv2_tiny_untrained"
+    assert json.loads(meta["landmarks.source"]) == "unit test"
+    assert json.loads(meta["landmarks.note"]) == "x"
+    assert len(json.loads(meta["landmarks.golden"])["points"]) == result.golden_points
