@@ -95,7 +95,7 @@ class Bare:
             out = self.run(np.concatenate(plain + flipped))
             n = len(prepared)
             for i, (p, rgb) in enumerate(prepared):
-                heatmaps = np.concatenate([out[i:i + 1], out[n + i:n + i + 1]]) if p.flip_test \
+                heatmaps = np.concatenate([out[i:i + 1], out[n + i:n + i + 1]]) if p.merge_on_host \
                     else out[i:i + 1]
                 face_list = face_pipeline.face_records(*face_pipeline.finish(heatmaps, p, config),
                                                        self.boxes)
