@@ -221,7 +221,9 @@ function draw() {
       ctx.lineWidth = 1.5 * dpr;
       ctx.strokeStyle = BOX_COLOR;
       ctx.strokeRect(x * sx, y * sy, w * sx, h * sy);
-      const label = face.score == null ? `#${f + 1}` : `#${f + 1} ${face.score.toFixed(2)}`;
+      // The detector's score is a probability; the landmark score (a heatmap peak) is not.
+      const label = face.detection ? `#${f + 1} face ${face.detection.score.toFixed(2)}`
+        : face.score == null ? `#${f + 1}` : `#${f + 1} landmarks ${face.score.toFixed(2)}`;
       ctx.font = `${12 * dpr}px sans-serif`;
       ctx.fillStyle = BOX_COLOR;
       ctx.fillText(label, x * sx + 2 * dpr, y * sy - 4 * dpr);

@@ -204,18 +204,24 @@ def test_page_detects_draws_and_explains_the_result(browser, server, tmp_path):
         assert stage in timings
     assert "random weights" in details  # the tiny test model is untrained; the page says so
 
-    # Hovering a point names it and gives its score.
-    from selenium.webdriver.common.action_chains import ActionChains
+    # Hovering a point names it and gives its score. The pointer goes to viewport
+    # coordinates computed from the photo's displayed rectangle.
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
-    geometry = _overlay_geometry(browser)
-    css_scale = geometry["img"][2] / PHOTO_SIZE[0]
     px, py = result["faces"][0]["landmarks"][54]
-    overlay = browser.find_element("id", "overlay")
-    ActionChains(browser).move_to_element_with_offset(
-        overlay, round(px * css_scale - geometry["img"][2] / 2),
-        round(py * css_scale - geometry["img"][3] / 2)).perform()
+    client = browser.execute_script("""
+        const r = document.getElementById('photo').getBoundingClientRect();
+        const [x, y] = [r.left + arguments[0] * r.width, r.top + arguments[1] * r.height];
+        window.scrollBy(0, y - window.innerHeight / 2);
+        const s = document.getElementById('photo').getBoundingClientRect();
+        return [s.left + arguments[0] * s.width, s.top + arguments[1] * s.height];
+    """, px / PHOTO_SIZE[0], py / PHOTO_SIZE[1])
+    hover = ActionBuilder(browser)
+    hover.pointer_action.move_to_location(round(client[0]), round(client[1]))
+    hover.perform()
     tooltip = browser.find_element("id", "tooltip")
     assert tooltip.is_displayed() and "score" in tooltip.text and "point" in tooltip.text
+    browser.execute_script("window.scrollTo(0, 0)")
 
     screenshot = tmp_path / "demo_page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
