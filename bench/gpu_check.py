@@ -39,7 +39,8 @@ SECTION_NEEDS = {
 }
 OPTIONAL = {"uvloop": "faster event loop (uvicorn[standard])",
             "httptools": "faster HTTP parser (uvicorn[standard])",
-            "onnxconverter-common": "the fp16 ONNX rows of the model section"}
+            "onnxconverter-common": "the fp16 ONNX rows of the model section",
+            "tensorrt": "the TensorRT rows of the model section"}
 # The fallback when pyproject.toml cannot be read (Python < 3.11 without tomli).
 FALLBACK_SERVICE_DEPS = ("fastapi", "uvicorn[standard]", "onnx", "orjson", "fastapi-offline",
                          "onnxruntime-gpu", "numpy", "opencv-python-headless", "pydantic",
