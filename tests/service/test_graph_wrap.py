@@ -200,3 +200,15 @@ def test_real_tiny_hrnet_end_to_end_landmarks_identical(tiny_onnx, flip_test):
     want = decode_heatmaps(host, center, scale, config.modulate_kernel)
     for g, e in zip(got, want):
         assert np.array_equal(g, e)
+
+
+@pytest.mark.slow
+def test_full_size_hrnet_w18_flip_graph_is_bit_identical(w18_onnx):
+    """The served architecture itself: onnxruntime's Conv+Add(+Relu) fusions must come out the
+    same in the wrapped graph as in the plain file (they depend on the batch dimension being
+    named), or the flip-merged heatmaps drift in the last bits."""
+    proto = onnx.load(str(w18_onnx))
+    config = PipelineConfig.from_metadata({p.key: p.value for p in proto.metadata_props})
+    crops = random_crops(2, config, seed=3)
+    wrapped = runner(wrap_model(proto, config, flip_test=True))(crops)
+    assert np.array_equal(wrapped, host_heatmaps(runner(proto), crops, config, flip_test=True))
