@@ -76,9 +76,13 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_onnx, detector_model_path, tmp_path_factory):
+def server(browser, request, tmp_path_factory):
+    # The models are asked for only once a browser is known to exist, so a machine without
+    # one skips at once instead of exporting a model first.
+    model = request.getfixturevalue("tiny_onnx")
+    detector = request.getfixturevalue("detector_model_path")
     log = tmp_path_factory.mktemp("demo-server") / "server.log"
-    server = Server.python(tiny_onnx, log, api_key=API_KEY, detector_path=detector_model_path,
+    server = Server.python(model, log, api_key=API_KEY, detector_path=detector,
                            ort_threads=1, max_batch_size=4)
     try:
         server.wait_ready()
