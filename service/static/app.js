@@ -49,23 +49,39 @@ function groupOfName(name) {
   return null;
 }
 
-function pointNames(setName, count) {
+// GET /model lists point sets as [{name, indices (WFLW), names}]; an object keyed by set
+// name is accepted too. -> {indices, names} for one set, either may be null.
+function pointSet(setName) {
   const sets = modelInfo && modelInfo.point_sets;
-  let names = sets && sets[setName];
-  if (!names && setName === "wflw98" && modelInfo) names = modelInfo.keypoint_names;
+  let entry = null;
+  if (Array.isArray(sets)) entry = sets.find((s) => s && s.name === setName) || null;
+  else if (sets && sets[setName]) entry = Array.isArray(sets[setName]) ? { names: sets[setName] } : sets[setName];
+  const indices = entry && Array.isArray(entry.indices) ? entry.indices : null;
+  let names = entry && Array.isArray(entry.names) ? entry.names : null;
+  if (!names && setName === "wflw98" && modelInfo) names = modelInfo.keypoint_names || null;
+  return { indices, names };
+}
+
+function pointNames(setName, count) {
+  const { names } = pointSet(setName);
   return names && names.length === count ? names : null;
 }
 
 function pointGroups(setName, names, count) {
-  if (names) return names.map(groupOfName);
-  // Without names, WFLW's index ranges from /model still colour the full set.
-  const groups = new Array(count).fill(null);
-  if (setName === "wflw98" && modelInfo && Array.isArray(modelInfo.groups)) {
-    for (const g of modelInfo.groups) {
-      for (let k = g.start; k < g.stop && k < count; k++) groups[k] = g.name;
-    }
+  // Preferred: each point's WFLW index against the model's group ranges from /model.
+  const { indices } = pointSet(setName);
+  const wflw = indices && indices.length === count ? indices
+    : setName === "wflw98" ? [...Array(count).keys()] : null;
+  const ranges = modelInfo && Array.isArray(modelInfo.groups) ? modelInfo.groups : [];
+  if (wflw && ranges.length) {
+    return wflw.map((k) => {
+      const g = ranges.find((r) => r.start <= k && k < r.stop);
+      return g ? g.name : null;
+    });
   }
-  return groups;
+  // Otherwise the point names say what they mark.
+  if (names) return names.map(groupOfName);
+  return new Array(count).fill(null);
 }
 
 function authHeaders() {

@@ -8,10 +8,12 @@ missing browser is a failure: CI must never pass by skipping them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -224,7 +226,15 @@ def test_page_detects_draws_and_explains_the_result(browser, server, tmp_path):
     hover.pointer_action.move_to_location(round(client[0]), round(client[1]))
     hover.perform()
     tooltip = browser.find_element("id", "tooltip")
-    assert tooltip.is_displayed() and "score" in tooltip.text and "point" in tooltip.text
+    assert tooltip.is_displayed(), "no tooltip over a drawn point"
+    # "face 1, point 54 nose_tip: score 0.123": the index, the model's name for it, its score
+    shown = re.fullmatch(r"face (\d+), point (\d+) (\S+): score (-?[\d.]+)", tooltip.text)
+    assert shown, tooltip.text
+    face_no, index = int(shown[1]) - 1, int(shown[2])
+    model = httpx.get(server.url + "/model", headers={"X-API-Key": API_KEY}, timeout=10).json()
+    names = {s["name"]: s["names"] for s in model["point_sets"]}["wflw98"]
+    assert shown[3] == names[index]
+    assert float(shown[4]) == pytest.approx(result["faces"][face_no]["scores"][index], abs=1e-3)
     browser.execute_script("window.scrollTo(0, 0)")
 
     screenshot = tmp_path / "demo_page.png"
