@@ -110,7 +110,7 @@ def versions() -> dict[str, str]:
         try:
             mod = __import__(module)
             out[name] = getattr(mod, "__version__", None) or _dist_version(name)
-        except Exception:  # noqa: BLE001 - a missing optional package is reported, not fatal
+        except Exception:  # a missing optional package is reported, not fatal
             out[name] = "not installed"
     return out
 

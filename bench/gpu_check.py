@@ -121,7 +121,7 @@ def gpu_status(packages: list[Package]) -> dict[str, str | bool | None]:
             out["torch_cuda"] = bool(torch.cuda.is_available())
             out["torch"] = f"torch {torch.__version__}, CUDA {torch.version.cuda}, " + (
                 f"device {torch.cuda.get_device_name(0)}" if out["torch_cuda"] else "no usable GPU")
-        except Exception as exc:  # noqa: BLE001 - a broken install is reported, not fatal
+        except Exception as exc:  # a broken install is reported, not fatal
             out["torch"] = f"torch fails to import: {str(exc)[:200]}"
     if have.get("onnxruntime-gpu"):
         try:
@@ -131,7 +131,7 @@ def gpu_status(packages: list[Package]) -> dict[str, str | bool | None]:
             out["ort_cuda"] = "CUDAExecutionProvider" in providers and _cuda_session_works()
             out["onnxruntime"] = (f"onnxruntime {ort.__version__}, providers {providers}; CUDA "
                                   f"{'usable' if out['ort_cuda'] else 'NOT usable on this host'}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out["onnxruntime"] = f"onnxruntime fails to import: {str(exc)[:200]}"
     return out
 
@@ -154,7 +154,7 @@ def _cuda_session_works() -> bool:
         session = ort.InferenceSession(model.SerializeToString(), options,
                                        providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         return session.get_providers()[0] == "CUDAExecutionProvider"
-    except Exception:  # noqa: BLE001 - no onnx, no libraries, no device: not usable
+    except Exception:  # no onnx, no libraries, no device: not usable
         return False
 
 
@@ -165,7 +165,7 @@ def service_import_error() -> str | None:
         sys.path.insert(0, str(ROOT))
     try:
         import service.__main__  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any failure means the server sections cannot run
+    except Exception as exc:  # any failure means the server sections cannot run
         return f"{type(exc).__name__}: {str(exc)[:300]}"
     return None
 

@@ -18,6 +18,7 @@ from .common import Context, SectionResult, loadavg, log, median, ms, stamp, tab
 BATCHES = (1, 8, 32, 64, 128)
 QUICK_BATCHES = (1, 32)
 INPUT = 256  # crop side
+DEVICE = "cuda"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -38,7 +39,7 @@ def _timed(fn, sync, seconds: float, min_calls: int = 5) -> list[float]:
 
 def _runners(torch, model32, model16, batch: int) -> dict:
     """configuration -> one call of the network on `batch` crops."""
-    device = "cuda"
+    device = DEVICE
     x32 = torch.randn(batch, 3, INPUT, INPUT, device=device)
     x16 = x32.half()
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
@@ -70,10 +71,10 @@ def run(ctx: Context) -> SectionResult:
     torch.backends.cudnn.benchmark = True  # per shape, like the warmed buckets of a server
     model32 = build_model("hrnetv2_w18")
     randomize_for_demo(model32, seed=0)
-    model32 = model32.eval().cuda()
+    model32 = model32.eval().to(DEVICE)
     model16 = build_model("hrnetv2_w18")
     randomize_for_demo(model16, seed=0)
-    model16 = model16.eval().cuda().half()
+    model16 = model16.eval().to(DEVICE).half()
     seconds = ctx.scale(2.0, 0.5)
     rows, summary, memory = [], {"crops_per_s": {}}, {}
     for batch in (QUICK_BATCHES if ctx.quick else BATCHES):

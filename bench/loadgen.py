@@ -159,7 +159,7 @@ def main() -> None:
             continue
         try:
             result = asyncio.run(_job(json.loads(line)))
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:  # reported to the parent
             result = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()

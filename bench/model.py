@@ -185,7 +185,7 @@ def _time_configs(configs: dict[str, Runner], batches, rounds: int, per_round: f
         for name, make in configs.items():
             try:
                 fns[name] = make(batch)
-            except Exception as exc:  # noqa: BLE001 - a GPU variant that cannot run is reported
+            except Exception as exc:  # a GPU variant that cannot run is reported
                 notes.append(f"{name} at batch {batch_size}: not measured ({str(exc)[:200]})")
         log(f"model: batch {batch_size}, {len(fns)} configurations interleaved, {rounds} rounds")
         for name, samples in interleaved(fns, rounds=rounds, time_per_round=per_round).items():
@@ -360,7 +360,7 @@ def _gpu_configs(path, info, model, notes: list[str], max_batch: int) -> dict:
                 lambda b: _ort_cuda_graph_runner(path, cuda_info, b)
         else:
             notes.append(f"onnxruntime CUDA provider not active (got {cuda_info.active_providers})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"onnxruntime CUDA: {str(exc)[:200]}")
     try:
         fp16_path = ensure_model("w18", fp16=True)
@@ -371,7 +371,7 @@ def _gpu_configs(path, info, model, notes: list[str], max_batch: int) -> dict:
                 lambda b: _ort_iobinding_runner(s16, i16, b)
         else:
             notes.append(f"onnxruntime fp16 file: CUDA provider not active (got {i16.active_providers})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"onnxruntime fp16: {str(exc)[:200]}")
     try:
         t0 = time.perf_counter()
@@ -386,7 +386,7 @@ def _gpu_configs(path, info, model, notes: list[str], max_batch: int) -> dict:
             configs["onnxruntime TensorRT fp32"] = lambda b: _ort_runner(trt_session, trt_info, b)
         else:
             notes.append(f"TensorRT provider not active (got {trt_info.active_providers})")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         notes.append(f"onnxruntime TensorRT: {str(exc)[:200]}")
     if torch.cuda.is_available():
         gpu_model = _torch_model().cuda()

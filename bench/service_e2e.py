@@ -253,7 +253,7 @@ def _experiment(ctx: Context, path, bare: Bare) -> dict:
     options = bare.session.get_session_options()
     try:
         as_is = options.get_session_config_entry("session.intra_op.allow_spinning")
-    except Exception:  # noqa: BLE001 - absent key: onnxruntime's default applies
+    except Exception:  # absent key: onnxruntime's default applies
         as_is = ""
     servers, loadgen = {}, LoadGen()
     results: dict[str, dict[str, list]] = {}
