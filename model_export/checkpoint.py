@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from service.engine.session import file_sha256
 
+from .cache import default_cache_dir
+
 if TYPE_CHECKING:
     import torch
 
@@ -47,13 +49,6 @@ class LoadedCheckpoint:
     path: Path
     sha256: str
     meta: dict
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("LANDMARKS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "face-landmarks"
-    )
-    return Path(root) / "checkpoints"
 
 
 def expected_hash_from_name(name: str) -> str | None:
@@ -168,7 +163,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     # torch raises many exception types for a bad file; all mean the same here
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CheckpointError(_explain_load_failure(path, exc)) from None
     if isinstance(obj, dict) and "state_dict" in obj:
         state_dict, meta = obj["state_dict"], obj.get("meta") or {}

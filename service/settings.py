@@ -25,14 +25,18 @@ class Settings(BaseSettings):
     model_path: Path = Path("models/hrnetv2_w18_wflw_dark.onnx")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    # Comma list, first preferred: cuda,cpu | tensorrt,cuda,cpu | cpu
-    providers: str = "cuda,cpu"
+    # auto: CUDA when this onnxruntime build finds a GPU, else CPU (said once, no error).
+    # A comma list demands providers, first preferred: cuda,cpu | tensorrt,cuda,cpu | cpu;
+    # a demanded GPU provider that does not load is logged as an error.
+    providers: str = "auto"
     device_id: int = Field(0, ge=0)
     # If true, running on anything but a GPU provider keeps /readyz at 503.
     require_gpu: bool = False
     flip_test: bool = True  # mmpose's published 3.98 NME needs it
     max_batch_size: int = Field(32, ge=1, le=1024)  # network inputs per session.run
-    batch_timeout_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    # Extra wait for a fuller batch. 0: dispatch at once; batches still fill up with whatever
+    # queued while the model was busy (Triton's default).
+    batch_timeout_ms: float = Field(0.0, ge=0.0, le=1000.0)
     max_queue: int = Field(512, ge=1)  # network inputs waiting; beyond it 503
     request_timeout_s: float = Field(10.0, gt=0.0)
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -71,6 +75,8 @@ class Settings(BaseSettings):
     @classmethod
     def _known_providers(cls, value: str) -> str:
         names = [p.strip().lower() for p in value.split(",") if p.strip()]
+        if names == ["auto"]:
+            return "auto"
         if not names:
             raise ValueError("LANDMARKS_PROVIDERS needs at least one provider, e.g. 'cuda,cpu'")
         unknown = [n for n in names if n not in PROVIDER_ALIASES and not n.endswith("executionprovider")]
@@ -87,8 +93,14 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def providers_auto(self) -> bool:
+        return self.providers == "auto"
+
+    @property
     def provider_list(self) -> list[str]:
-        """Full onnxruntime provider names, in preference order."""
+        """Full onnxruntime provider names, in preference order (auto: CUDA, then CPU)."""
+        if self.providers_auto:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         out = []
         for name in self.providers.split(","):
             full = PROVIDER_ALIASES.get(name)

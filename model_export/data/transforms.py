@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from service.pipeline.config import PipelineConfig
-from service.pipeline.geometry import PIXEL_STD, affine_transform_points, get_affine_transform
+from service.pipeline.geometry import affine_transform_points, get_affine_transform
 from service.pipeline.keypoints import flip_index
 from service.pipeline.preprocess import normalize
 
@@ -83,10 +83,7 @@ def draw_augmentation(rng: np.random.Generator, aug: AugmentConfig) -> Augmentat
 def crop_matrix(center, scale, rotation: float, config: PipelineConfig) -> np.ndarray:
     """The (2, 3) affine matrix of a training crop: box centre (2,), scale (2,) in units of the
     codec's pixel_std, rotation in degrees, onto the codec's input size."""
-    if config.pixel_std != PIXEL_STD:
-        # get_affine_transform counts the scale in mmpose's 200 px units.
-        scale = np.asarray(scale, dtype=np.float64) * (config.pixel_std / PIXEL_STD)
-    return get_affine_transform(center, scale, rotation, config.input_size)
+    return get_affine_transform(center, scale, rotation, config.input_size, pixel_std=config.pixel_std)
 
 
 def warp(rgb: np.ndarray, matrix: np.ndarray, input_size) -> np.ndarray:

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Box = list[float]
+PointSet = Literal["wflw98", "ibug68", "five"]
+FourNumbers = Annotated[list[float], Field(min_length=4, max_length=4)]
 
 
-class LandmarksJsonRequest(BaseModel):
+class LandmarksOptions(BaseModel):
+    """Every option of a landmarks request. Strict: booleans are booleans, numbers numbers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    bboxes: list[FourNumbers] | None = Field(
+        None, description="Face boxes in image pixels (after EXIF rotation); omitted = detect faces",
+    )
+    bbox_format: Literal["xywh", "xyxy"] = "xywh"
+    flip_test: bool | None = Field(None, description="Average with a mirrored pass (default: server setting)")
+    detect: bool | None = Field(
+        None, description="Without bboxes: find faces (default true); false = the whole image is one face",
+    )
+    points: PointSet = Field("wflw98", description="wflw98 (all), ibug68 (68-point iBUG view), five")
+
+
+class RenderOptions(LandmarksOptions):
+    format: Literal["jpeg", "png"] = "jpeg"
+
+
+class LandmarksJsonRequest(LandmarksOptions):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={"examples": [{
             "image": "<base64 of a JPEG/PNG file>",
             "bboxes": [[412.0, 96.0, 180.0, 210.0]],
@@ -20,18 +41,30 @@ class LandmarksJsonRequest(BaseModel):
         }]},
     )
     image: str = Field(..., description="The image file (JPEG, PNG, BMP, WebP, TIFF), base64-encoded")
-    bboxes: list[Box] | None = Field(
-        None, description="Face boxes in image pixels; omitted = the whole image is one face",
+
+
+class RenderJsonRequest(RenderOptions):
+    image: str = Field(..., description="The image file (JPEG, PNG, BMP, WebP, TIFF), base64-encoded")
+
+
+class Detection(BaseModel):
+    score: float = Field(..., description="Detector confidence in [0, 1]")
+    keypoints: list[list[float]] = Field(
+        ..., description="5 x [x, y]: the detector's eye centres, nose tip, mouth corners",
     )
-    bbox_format: Literal["xywh", "xyxy"] = "xywh"
-    flip_test: bool | None = Field(None, description="Average with a mirrored pass (default: server setting)")
 
 
 class Face(BaseModel):
-    bbox: list[float] = Field(..., description="The face box used, [x, y, w, h] in image pixels")
-    landmarks: list[list[float]] = Field(..., description="K x [x, y] in image pixels (K = 98 for WFLW)")
-    scores: list[float] = Field(..., description="Per-point heatmap maxima")
-    score: float = Field(..., description="Mean of the per-point scores")
+    bbox: list[float] = Field(..., description="The face box used, [x, y, w, h] in image pixels: "
+                                                "the client's box or the detector's")
+    detection: Detection | None = Field(..., description="The detector's result; null for client boxes")
+    landmarks: list[list[float]] = Field(..., description="K x [x, y] in image pixels, in the "
+                                                          "requested point set's order")
+    scores: list[float | None] = Field(
+        ..., description="Per-point confidence: the DARK-decoded heatmap maximum (about 0-1 for a "
+                         "trained model; low = occluded or unsure); null if the heatmap was flat",
+    )
+    score: float | None = Field(..., description="Mean of the per-point scores (null if any is null)")
 
 
 class ImageSize(BaseModel):
@@ -48,11 +81,14 @@ class ModelIdentity(BaseModel):
 
 
 class Timings(BaseModel):
+    """Milliseconds per stage. Stages that did not run (no detector, no face) are absent."""
+
     decode: float
+    detect: float | None = Field(None, description="Present when the detector ran")
     preprocess: float
-    queue: float
-    inference: float
-    postprocess: float
+    queue: float | None = Field(None, description="Absent when there was no face to run")
+    inference: float | None = Field(None, description="Absent when there was no face to run")
+    postprocess: float | None = Field(None, description="Absent when there was no face to run")
     total: float
 
 
@@ -71,6 +107,7 @@ class LandmarksResponse(BaseModel):
     image: ImageSize
     model: ModelIdentity
     flip_test: bool
+    points: PointSet
     faces: list[Face]
     timings_ms: Timings
     warnings: list[str] = Field(default_factory=list, description="e.g. an untrained model")
@@ -86,11 +123,22 @@ class ReadyResponse(BaseModel):
     ready: bool
     state: str
     reason: str = ""
-    provider: str | None = None
+    provider: str | None = Field(None, description="The execution provider actually in use")
     requested_providers: list[str] = Field(default_factory=list)
+    provider_choice: str | None = Field(None, description="auto (GPU if usable, else CPU) or demanded "
+                                                          "(LANDMARKS_PROVIDERS lists them)")
+    detector_provider: str | None = Field(None, description="The face detector's provider; null when off")
+    workers: int = 1
+    workers_ready: int = 0
     warmed_batch_sizes: list[int] = Field(default_factory=list)
     warmup_seconds: float | None = None
     golden: dict | None = None
+
+
+class PointSetInfo(BaseModel):
+    name: str
+    indices: list[int] = Field(..., description="WFLW-98 index of each point, in order")
+    names: list[str]
 
 
 class KeypointGroup(BaseModel):
@@ -111,6 +159,7 @@ class ModelResponse(BaseModel):
     num_keypoints: int
     keypoint_names: list[str]
     groups: list[KeypointGroup]
+    point_sets: list[PointSetInfo]
     flip_pairs: list[list[int]]
     input_size: list[int]
     heatmap_size: list[int]
@@ -120,3 +169,4 @@ class ModelResponse(BaseModel):
     max_batch_size: int
     metadata: dict[str, str]
     warnings: list[str]
+    detector: dict[str, str] | None = Field(None, description="The face detector; null when off")

@@ -73,7 +73,7 @@ class FaceDetector:
         try:
             self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=_detector_providers(providers, device_id))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+        except Exception as exc:
             raise DetectorLoadError(f"cannot load {self.path} as an ONNX face detector: "
                                     f"{str(exc)[:300]}") from None
         self._check_io()

@@ -12,7 +12,7 @@ different kernel, which would be a false alarm rather than a fault.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,14 +65,19 @@ def _stable_points(heatmaps: np.ndarray) -> np.ndarray:
     return (peak > 0) & (peak - runner_up > PEAK_MARGIN * np.abs(peak))
 
 
-def _run_golden(run: Callable[[np.ndarray], np.ndarray], config: PipelineConfig):
-    """-> landmarks `[K, 2]` and the heatmaps DARK decoded `[K, h, w]`."""
+def _run_golden(run: Callable[[np.ndarray], np.ndarray], config: PipelineConfig,
+                in_graph: bool = False):
+    """-> landmarks `[K, 2]` and the heatmaps DARK decoded `[K, h, w]`.
+
+    in_graph: `run` is the served flip-test graph taking uint8 crops (it merges itself).
+    """
     center, scale = _golden_geometry(config)
-    faces = prepare(golden_image(config.input_size), center, scale, config, flip_test=True)
+    faces = prepare(golden_image(config.input_size), center, scale, config, flip_test=True,
+                    in_graph=in_graph)
     rows = run(faces.rows)
     landmarks, _ = finish(rows, faces, config)
     decoded = merge_flip(rows[:1], rows[1:], config.flip_pairs, config.shift_heatmap) \
-        if faces.flip_test else rows[:1]
+        if faces.merge_on_host else rows[:1]
     return landmarks[0], decoded[0]
 
 
@@ -88,8 +93,10 @@ def make_golden_record(run: Callable[[np.ndarray], np.ndarray], config: Pipeline
     }
 
 
-def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px: float) -> dict:
-    """Recompute the golden landmarks; raise GoldenCheckError if they drift past tolerance."""
+def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px: float,
+                     in_graph: bool = False) -> dict:
+    """Recompute the golden landmarks through the served graph (`run`, on the provider in use);
+    raise GoldenCheckError if they drift past tolerance."""
     record = info.golden
     if not record:
         log.warning("golden self-check skipped: %s carries no golden data (not exported by "
@@ -101,7 +108,7 @@ def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px
     points = np.asarray(record["points"], int)
     if len(points) == 0:
         return {"status": "skipped", "reason": "no keypoint with a clear peak to check"}
-    landmarks, _ = _run_golden(run, info.config)
+    landmarks, _ = _run_golden(run, info.config, in_graph)
     expected = np.asarray(record["landmarks"], np.float64)
     deviation = np.linalg.norm(landmarks[points].astype(np.float64) - expected, axis=1)
     worst = float(np.nan_to_num(deviation, nan=np.inf).max())

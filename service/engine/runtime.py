@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.metrics import Metrics
+from service.pipeline import faces as face_pipeline
+from service.pipeline.detect import DetectorCalibration, detector_boxes_to_center_scale
 from service.settings import Settings
 
-from .batcher import DynamicBatcher
+from .batcher import BatchTiming, DynamicBatcher
+from .detector import FaceDetector
 from .golden import GoldenCheckError, run_golden_check
-from .session import open_session
+from .graph import wrap_model, wrap_refusal
+from .session import create_session, open_session, run_session
 
 log = logging.getLogger("service.engine")
 
@@ -42,8 +46,16 @@ class LandmarkRuntime:
         self.readiness = Readiness()
         self.session, self.info = open_session(
             settings.model_path, settings.provider_list, settings.device_id,
-            settings.max_batch_size, settings.ort_threads,
+            settings.max_batch_size, settings.ort_threads, auto=settings.providers_auto,
         )
+        # The face detector (None with LANDMARKS_DETECTOR=none): same providers as the model.
+        self.detector: FaceDetector | None = None
+        self.calibration: DetectorCalibration | None = None
+        if settings.detector == "retinaface":
+            self.detector = FaceDetector(settings.detector_path, self.info.active_providers,
+                                         settings.device_id, settings.ort_threads)
+            self.calibration = DetectorCalibration.load(self._calibration_path())
+            log.info("face detector %s on %s", settings.detector_path, self.detector.provider)
         info = self.info
         log.info("model %s (%s, sha256 %s) on %s; requested %s", info.name, info.precision,
                  info.sha256[:12], info.active_providers, info.requested_providers,
@@ -52,8 +64,9 @@ class LandmarkRuntime:
             log.warning(warning)
         metrics.model_info.labels(info.name, info.sha256, info.provider, info.precision,
                                   str(info.trained).lower()).set(1)
+        self.in_graph, self.runs = self._open_served_graphs()
         self.batcher = DynamicBatcher(
-            self.run_batch, settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue,
+            self.runs, settings.max_batch_size, settings.batch_timeout_ms, settings.max_queue,
             # Fixed shapes matter on GPUs (cuDNN autotuning, TensorRT profiles); on CPU,
             # padding would only burn cycles.
             pad_to_buckets=info.on_gpu,
@@ -65,8 +78,58 @@ class LandmarkRuntime:
     def config(self):
         return self.info.config
 
+    def _open_served_graphs(self):
+        """-> (in_graph, batcher run functions).
+
+        A plain model file is wrapped at load time into two graphs taking uint8 crops, with
+        normalisation and (in one of them) the flip test inside: 4x less data to the device,
+        half the data back, no host-side flip copies or merge, and bit-identical results
+        (tests/service/test_graph_wrap.py). Files that cannot be wrapped keep the host path.
+        """
+        settings, info = self.settings, self.info
+        refusal = wrap_refusal(info.path, info.config)
+        if refusal is not None:
+            log.info("normalisation and flip test run on the host: %s", refusal)
+            return False, self.run_batch
+        self.graphs = {}
+        for flip in (True, False):
+            self.graphs[flip] = create_session(
+                wrap_model(info.path, info.config, flip), info.active_providers, settings.device_id,
+                settings.max_batch_size, settings.ort_threads, quiet=True,
+                cache_dir=info.path.parent / ".trt_cache")
+        self.session = None  # the plain graph is not served; let its memory go
+        names = {flip: (g.get_inputs()[0].name, g.get_outputs()[0].name) for flip, g in self.graphs.items()}
+
+        def runner(flip: bool):
+            graph, (input_name, output_name) = self.graphs[flip], names[flip]
+            return lambda rows: graph.run([output_name], {input_name: rows})[0]
+
+        log.info("normalisation and flip test run inside the graph (uint8 crops in)")
+        return True, {flip: runner(flip) for flip in (True, False)}
+
+    def _calibration_path(self):
+        # A calibration refitted on WFLW (`model_export calibrate-detector`) sits beside the
+        # detector weights; otherwise the one fitted on the project's sample faces is used.
+        path = self.settings.detector_path.with_name("detector_calibration.json")
+        return path if path.is_file() else None
+
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        return run_session(self.session, self.info, batch)
+
+    def prepare(self, rgb: np.ndarray, center: np.ndarray, scale: np.ndarray,
+                flip_test: bool) -> face_pipeline.PreparedFaces:
+        """Crops for this runtime's network (thread-safe)."""
+        return face_pipeline.prepare(rgb, center, scale, self.config, flip_test, in_graph=self.in_graph)
+
+    async def infer(self, faces: face_pipeline.PreparedFaces,
+                    timeout_s: float) -> tuple[np.ndarray, BatchTiming]:
+        """Heatmap rows for `faces.rows`, through the dynamic batcher."""
+        variant = faces.flip_test if self.in_graph else None
+        return await self.batcher.submit(faces.rows, timeout_s=timeout_s, variant=variant)
+
+    def detector_centers_and_scales(self, boxes_xywh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Detector boxes -> the center/scale the landmark model was trained on (calibrated)."""
+        return detector_boxes_to_center_scale(boxes_xywh, self.calibration, self.config)
 
     def warm_up_and_check(self) -> None:
         """Blocking: runs in a worker thread while /healthz already answers."""
@@ -75,10 +138,16 @@ class LandmarkRuntime:
         width, height = self.config.input_size
         started = time.perf_counter()
         try:
-            readiness.warmed_batch_sizes = self.batcher.warm_up((3, height, width))
+            if self.in_graph:
+                readiness.warmed_batch_sizes = self.batcher.warm_up((height, width, 3), np.uint8)
+            else:
+                readiness.warmed_batch_sizes = self.batcher.warm_up((3, height, width))
+            if self.detector is not None:
+                self.detector.warm_up(self.settings.detect_max_side)
             readiness.warmup_seconds = round(time.perf_counter() - started, 3)
-            readiness.golden = run_golden_check(self.run_batch, self.info,
-                                                self.settings.golden_tolerance_px)
+            golden_run = self.runs[True] if self.in_graph else self.run_batch
+            readiness.golden = run_golden_check(golden_run, self.info, self.settings.golden_tolerance_px,
+                                                in_graph=self.in_graph)
         except GoldenCheckError as exc:
             return self._not_ready(str(exc))
         except Exception as exc:  # a provider that fails at run time, out of memory, ...

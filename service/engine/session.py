@@ -69,13 +69,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def provider_options(name: str, device_id: int, max_batch: int, config: PipelineConfig,
-                     cache_dir: Path) -> tuple[str, dict]:
-    width, height = config.input_size
+def provider_options(name: str, device_id: int, max_batch: int, input_name: str,
+                     row_shape: tuple[int, ...], cache_dir: Path) -> tuple[str, dict]:
+    """(provider, options); TensorRT's optimisation profile names the model's own input."""
     if name == "CUDAExecutionProvider":
         return name, {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}
     if name == "TensorrtExecutionProvider":
-        shape = lambda n: f"input:{n}x3x{height}x{width}"  # noqa: E731
+        dims = "x".join(str(d) for d in row_shape)
+        shape = lambda n: f"{input_name}:{n}x{dims}"  # noqa: E731
         return name, {
             "device_id": device_id,
             "trt_engine_cache_enable": True,
@@ -87,21 +88,57 @@ def provider_options(name: str, device_id: int, max_batch: int, config: Pipeline
     return name, {}
 
 
+def session_options(threads: int = 0, quiet: bool = False) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # quiet: a provider that cannot load is expected (auto mode on a CPU-only host); say it
+    # once ourselves instead of onnxruntime's red error lines.
+    options.log_severity_level = 4 if quiet else 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+def create_session(model: Path | bytes, providers: list[str], device_id: int = 0, max_batch: int = 32,
+                   threads: int = 0, quiet: bool = False,
+                   cache_dir: Path | None = None) -> ort.InferenceSession:
+    """A session on the first of `providers` this build has (CPU if none); check
+    `get_providers()` for what actually loaded."""
+    options = session_options(threads, quiet)
+    probe = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                 providers=["CPUExecutionProvider"])
+    first = probe.get_inputs()[0]
+    row_shape = tuple(d if isinstance(d, int) else 1 for d in first.shape[1:])
+    available = ort.get_available_providers()
+    chosen = [provider_options(p, device_id, max_batch, first.name, row_shape,
+                               cache_dir or Path(".trt_cache"))
+              for p in providers if p in available]
+    if not chosen:
+        return probe
+    if quiet:
+        ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                    providers=chosen)
+    finally:
+        if quiet:
+            ort.set_default_logger_severity(2)
+
+
 def open_session(path: Path, providers: list[str], device_id: int = 0, max_batch: int = 32,
-                 threads: int = 0) -> tuple[ort.InferenceSession, ModelInfo]:
+                 threads: int = 0, auto: bool = False) -> tuple[ort.InferenceSession, ModelInfo]:
+    """Open the landmark model. auto: GPU if one is usable, else CPU, with no error."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(
             f"model file not found: {path}. Run `make model` (official checkpoint) or "
             "`make model-demo` (untrained), or set LANDMARKS_MODEL_PATH."
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
+    if path.is_dir():
+        raise ModelLoadError(f"LANDMARKS_MODEL_PATH is a directory, not an ONNX file: {path}")
     try:
-        metadata = dict(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        metadata = dict(ort.InferenceSession(str(path), session_options(threads),
+                                             providers=["CPUExecutionProvider"])
                         .get_modelmeta().custom_metadata_map)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         raise ModelLoadError(f"cannot load {path} as an ONNX model: {str(exc)[:300]}") from None
@@ -110,18 +147,12 @@ def open_session(path: Path, providers: list[str], device_id: int = 0, max_batch
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"{path}: unusable landmarks metadata: {exc}") from None
     available = ort.get_available_providers()
-    cache_dir = path.parent / ".trt_cache"
-    chosen = [
-        provider_options(p, device_id, max_batch, config, cache_dir)
-        for p in providers if p in available
-    ]
     skipped = [p for p in providers if p not in available]
-    if skipped:
+    if skipped and not auto:
         log.warning("execution providers not in this onnxruntime build: %s", skipped)
-    if not chosen:
-        chosen = [("CPUExecutionProvider", {})]
     try:
-        session = ort.InferenceSession(str(path), options, providers=chosen)
+        session = create_session(path, providers, device_id, max_batch, threads, quiet=auto,
+                                 cache_dir=path.parent / ".trt_cache")
     except Exception as exc:
         raise ModelLoadError(f"cannot create a session for {path}: {str(exc)[:300]}") from None
     info = ModelInfo(
@@ -141,7 +172,13 @@ def open_session(path: Path, providers: list[str], device_id: int = 0, max_batch
             "its landmarks are meaningless"
         )
     wanted_gpu = [p for p in providers if p in GPU_PROVIDERS]
-    if wanted_gpu and not info.on_gpu:
+    if auto:
+        if info.on_gpu:
+            log.info("providers auto: a GPU is usable, running on %s", info.provider)
+        else:
+            log.warning("providers auto: no usable GPU in this onnxruntime build/host, running on %s "
+                        "(set LANDMARKS_PROVIDERS=cuda,cpu to demand CUDA)", info.provider)
+    elif wanted_gpu and not info.on_gpu:
         log.error(
             "GPU REQUESTED BUT NOT IN USE: asked for %s, onnxruntime is running on %s "
             "(available in this build: %s). Check the CUDA/cuDNN libraries and the GPU.",
@@ -170,5 +207,7 @@ def check_io_contract(session: ort.InferenceSession, config: PipelineConfig, pat
         raise ModelLoadError(f"{path}: input type {inputs[0].type}, expected tensor(float)")
 
 
-def run_session(session: ort.InferenceSession, info: ModelInfo, batch: np.ndarray) -> np.ndarray:
-    return session.run([info.output_name], {info.input_name: batch})[0]
+def run_session(session: ort.InferenceSession, info: ModelInfo, rows: np.ndarray) -> np.ndarray:
+    """One synchronous run of the landmark model: rows in, heatmaps out (the evaluator's path;
+    the service's batcher calls it too)."""
+    return session.run([info.output_name], {info.input_name: rows})[0]

@@ -1,8 +1,10 @@
 """The per-request pipeline around the network, composed from the single-step modules.
 
-    prepare(): image + center/scale -> network input rows (crops, normalised; flipped
-               copies appended when flip test is on)
-    finish():  network output rows -> landmarks in image pixels + per-point scores
+    prepare():      image + center/scale -> network input rows: uint8 crops for a graph that
+                    normalises and flips itself, or normalised float rows (flipped copies
+                    appended when flip test is on) for a plain network
+    finish():       network output rows -> landmarks in image pixels + per-point scores
+    face_records(): landmarks + scores + boxes (+ detections) -> the response's face records
 
 The service, the evaluator and the benchmarks all go through these two functions; only
 how the rows reach the network differs (dynamic batcher vs a direct session.run).
@@ -10,8 +12,9 @@ how the rows reach the network differs (dynamic batcher vs a direct session.run)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -19,15 +22,23 @@ from .config import PipelineConfig
 from .dark import decode_heatmaps
 from .flip import flip_inputs, merge_flip
 from .geometry import box_to_center_scale
+from .keypoints import point_set_indices
 from .preprocess import crop_faces, normalize
 
 
 @dataclass
 class PreparedFaces:
-    rows: np.ndarray  # [F or 2F, 3, H, W] float32; flipped copies follow the originals
+    """Network input for F faces.
+
+    rows: `[F, H, W, 3]` uint8 crops when the graph normalises (`in_graph`), else `[F or 2F,
+    3, H, W]` float32 normalised rows with the flipped copies after the originals.
+    """
+
+    rows: np.ndarray
     center: np.ndarray  # [F, 2] float32
     scale: np.ndarray  # [F, 2] float32
-    flip_test: bool
+    flip_test: bool  # flip test requested (done in the graph or on the host)
+    merge_on_host: bool = False  # rows carry flipped copies that finish() must merge
 
     @property
     def num_faces(self) -> int:
@@ -40,22 +51,59 @@ def centers_and_scales(boxes_xywh: np.ndarray, config: PipelineConfig) -> tuple[
 
 
 def prepare(rgb: np.ndarray, center: np.ndarray, scale: np.ndarray, config: PipelineConfig,
-            flip_test: bool) -> PreparedFaces:
-    """rgb `[H, W, 3]` uint8 + center/scale `[F, 2]` -> network input rows."""
-    crops = crop_faces(rgb, center, scale, config.input_size)
+            flip_test: bool, in_graph: bool = False) -> PreparedFaces:
+    """rgb `[H, W, 3]` uint8 + center/scale `[F, 2]` -> network input rows.
+
+    in_graph: the network takes uint8 crops and normalises (and, if asked, flips and merges)
+    itself, with the same float32 arithmetic as `normalize`/`merge_flip` (bit-identical).
+    """
+    center = np.asarray(center, np.float32)
+    scale = np.asarray(scale, np.float32)
+    crops = crop_faces(rgb, center, scale, config.input_size, config.pixel_std)
+    if in_graph:
+        return PreparedFaces(crops, center, scale, flip_test, merge_on_host=False)
     rows = normalize(crops, config.mean, config.std)
-    if flip_test and not config.flip_test_in_graph:
+    merge = flip_test and not config.flip_test_in_graph
+    if merge:
         rows = np.concatenate([rows, flip_inputs(rows)])
-    return PreparedFaces(rows, np.asarray(center, np.float32), np.asarray(scale, np.float32),
-                         flip_test and not config.flip_test_in_graph)
+    return PreparedFaces(rows, center, scale, flip_test, merge_on_host=merge)
 
 
 def finish(heatmaps: np.ndarray, faces: PreparedFaces, config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
     """heatmap rows `[F or 2F, K, h, w]` -> landmarks `[F, K, 2]` (image px), scores `[F, K]`."""
     count = faces.num_faces
-    if faces.flip_test:
+    if faces.merge_on_host:
         heatmaps = merge_flip(heatmaps[:count], heatmaps[count:], config.flip_pairs, config.shift_heatmap)
-    return decode_heatmaps(heatmaps, faces.center, faces.scale, config.modulate_kernel)
+    return decode_heatmaps(heatmaps, faces.center, faces.scale, config.modulate_kernel, config.pixel_std)
+
+
+def face_records(landmarks: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
+                 detections=None, point_set: str = "wflw98") -> list[dict]:
+    """The response's per-face records, JSON-ready.
+
+    landmarks `[F, K, 2]`, scores `[F, K]`, boxes `[F, 4]` (x, y, w, h, image px);
+    detections: None (client boxes) or an object with `scores [F]` and `keypoints [F, 5, 2]`.
+    point_set picks and orders the points (`keypoints.POINT_SETS`); scores follow their points.
+    A non-finite score (a flat heatmap) becomes null: JSON has no NaN.
+    """
+    index = point_set_indices(point_set)
+    landmarks = landmarks[:, index]
+    scores = scores[:, index]
+    records = []
+    for i, (box, points, point_scores) in enumerate(zip(boxes, landmarks, scores)):
+        detection = None
+        if detections is not None:
+            detection = {"score": float(detections.scores[i]),
+                         "keypoints": np.asarray(detections.keypoints[i], np.float64).tolist()}
+        mean = float(np.mean(point_scores))
+        records.append({
+            "bbox": [float(v) for v in box],
+            "detection": detection,
+            "landmarks": points.tolist(),
+            "scores": [v if math.isfinite(v) else None for v in point_scores.tolist()],
+            "score": mean if math.isfinite(mean) else None,
+        })
+    return records
 
 
 def predict(run: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray, center: np.ndarray,

@@ -65,7 +65,7 @@ def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def get_affine_transform(center, scale, rot_deg: float, output_size,
-                         inv: bool = False) -> np.ndarray:
+                         inv: bool = False, pixel_std: float = PIXEL_STD) -> np.ndarray:
     """Similarity mapping the box (center (2,), scale (2,)) onto output_size (w, h): (2, 3) float64.
 
     Section 2.3: only scale[0] is used, the destination's "up" vector uses the output *width*,
@@ -73,7 +73,7 @@ def get_affine_transform(center, scale, rot_deg: float, output_size,
     """
     dst_w, dst_h = output_size
     # An array op with a Python float keeps the scale's dtype (float32 in the pipeline).
-    src_w = float((np.asarray(scale) * PIXEL_STD)[0])
+    src_w = float((np.asarray(scale) * pixel_std)[0])
     rot_rad = np.pi * rot_deg / 180
 
     # Source points: the centre + rotated "up" vector are combined in float64, then stored

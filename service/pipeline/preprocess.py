@@ -13,7 +13,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .geometry import get_affine_transform
+from .geometry import PIXEL_STD, get_affine_transform
 
 
 class ImageDecodeError(ValueError):
@@ -232,7 +232,7 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
 # --------------------------------------------------------------------------- crop + normalise
 
 
-def crop_faces(rgb: np.ndarray, center, scale, input_size) -> np.ndarray:
+def crop_faces(rgb: np.ndarray, center, scale, input_size, pixel_std: float = PIXEL_STD) -> np.ndarray:
     """Warp each face box out of an RGB image: uint8 (N, h, w, 3), input_size = (w, h).
 
     Bilinear cv2.warpAffine with a constant zero border, matrix from get_affine_transform
@@ -244,7 +244,7 @@ def crop_faces(rgb: np.ndarray, center, scale, input_size) -> np.ndarray:
     width, height = input_size
     crops = np.empty((len(center), height, width, 3), dtype=np.uint8)
     for i in range(len(center)):
-        matrix = get_affine_transform(center[i], scale[i], 0, input_size)
+        matrix = get_affine_transform(center[i], scale[i], 0, input_size, pixel_std=pixel_std)
         cv2.warpAffine(
             rgb, matrix, (width, height), dst=crops[i],
             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,

@@ -58,7 +58,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 def http_root(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)
+    def handler(*a, **kw):
+        return _Handler(*a, directory=str(root), **kw)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

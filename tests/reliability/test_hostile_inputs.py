@@ -62,7 +62,7 @@ def rss_kib(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
-    srv = Server.python(tiny_onnx, max_image_pixels=20_000_000, max_faces=64)
+    srv = Server.python(tiny_onnx, detector="none", max_image_pixels=20_000_000, max_faces=64)
     try:
         srv.wait_ready()
         yield srv

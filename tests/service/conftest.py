@@ -19,7 +19,7 @@ SAMPLES = DATA / "wflw_samples"
 
 
 def make_settings(model: Path, **overrides) -> Settings:
-    values = dict(model_path=model, providers="cpu", max_batch_size=8, batch_timeout_ms=2.0,
+    values = dict(model_path=model, providers="cpu", detector="none", max_batch_size=8, batch_timeout_ms=2.0,
                   ort_threads=1)
     values.update(overrides)
     return Settings(**values)

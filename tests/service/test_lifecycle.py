@@ -22,9 +22,9 @@ def test_readyz_is_503_until_warm_up_ends(tiny_onnx, monkeypatch, sample):
     release = threading.Event()
     original = DynamicBatcher.warm_up
 
-    def slow_warm_up(self, shape):
+    def slow_warm_up(self, *args, **kwargs):
         release.wait(30)
-        return original(self, shape)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(DynamicBatcher, "warm_up", slow_warm_up)
     with TestClient(create_app(make_settings(tiny_onnx))) as client:
@@ -106,9 +106,9 @@ def test_model_without_any_metadata_uses_wflw_defaults(app_client, tiny_onnx, tm
 def test_missing_model_file_stops_start_up_with_a_clear_error(tiny_onnx, tmp_path):
     from service.engine.session import ModelLoadError
 
-    with pytest.raises(ModelLoadError, match="model file not found.*make model"):
-        with TestClient(create_app(make_settings(tmp_path / "absent.onnx"))):
-            pass
+    with pytest.raises(ModelLoadError, match="model file not found.*make model"), \
+            TestClient(create_app(make_settings(tmp_path / "absent.onnx"))):
+        pass
 
 
 def test_model_endpoint_describes_the_wflw_schema(client):
@@ -117,7 +117,9 @@ def test_model_endpoint_describes_the_wflw_schema(client):
     assert groups == {"contour": (0, 33), "brows": (33, 51), "nose": (51, 60), "eyes": (60, 76),
                       "mouth": (76, 96), "pupils": (96, 98)}
     assert len(body["flip_pairs"]) == 44 and [60, 72] in body["flip_pairs"]
-    assert body["keypoint_names"][97] == "kpt-97" and body["heatmap_size"] == [64, 64]
+    names = body["keypoint_names"]
+    assert len(set(names)) == 98 and "pupil" in names[96] and "pupil" in names[97]
+    assert body["heatmap_size"] == [64, 64]
     assert len(body["sha256"]) == 64
 
 
@@ -177,14 +179,24 @@ def test_cors_is_off_unless_configured(app_client):
 
 
 def _slow_runtime(monkeypatch, delay: float):
-    original = LandmarkRuntime.run_batch
+    """Every served graph run sleeps `delay` once the test sets `runtime._slow`."""
+    original = LandmarkRuntime._open_served_graphs
 
-    def slow(self, batch):
-        if getattr(self, "_slow", False):
-            time.sleep(delay)
-        return original(self, batch)
+    def slow_graphs(self):
+        in_graph, runs = original(self)
 
-    monkeypatch.setattr(LandmarkRuntime, "run_batch", slow)
+        def slowed(run):
+            def run_slowly(batch):
+                if getattr(self, "_slow", False):
+                    time.sleep(delay)
+                return run(batch)
+            return run_slowly
+
+        if callable(runs):
+            return in_graph, slowed(runs)
+        return in_graph, {key: slowed(run) for key, run in runs.items()}
+
+    monkeypatch.setattr(LandmarkRuntime, "_open_served_graphs", slow_graphs)
 
 
 def test_full_queue_sheds_with_503_and_retry_after(app_client, sample, monkeypatch):
