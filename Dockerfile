@@ -131,6 +131,8 @@ RUN set -eu; \
     mkdir -p /models
 COPY --from=export /out/ /opt/landmarks/models/
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/landmarks-entrypoint
+# The face detector's licence notice (MIT) and the origin of its weights travel with them.
+COPY THIRD_PARTY_NOTICES.md /opt/landmarks/
 WORKDIR /opt/landmarks
 # Container defaults (every other setting keeps the service's own default): listen on all
 # interfaces; the model and the detector are resolved by the entrypoint (MODEL_DIR,

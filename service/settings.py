@@ -1,4 +1,4 @@
-"""Service settings: environment variables with the prefix `LANDMARKS_` (names as in DESIGN.md).
+"""Service settings: environment variables with the prefix `LANDMARKS_` (the README lists them).
 
 Every limit has a safe default; `python -m service`, the Docker image, compose and the
 Kubernetes manifests all read these same variables.

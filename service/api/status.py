@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from service.engine.runtime import LandmarkRuntime
-from service.pipeline.keypoints import POINT_SETS, WFLW_GROUPS, point_set_indices
+from service.pipeline.keypoints import POINT_SETS, point_set_indices
 
 from .deps import loaded_runtime, protected
 from .schemas import ModelResponse, ReadyResponse
@@ -50,9 +50,9 @@ async def readyz(request: Request) -> JSONResponse:
             response_model=ModelResponse, dependencies=protected)
 async def model(runtime: LandmarkRuntime = Depends(loaded_runtime)) -> ModelResponse:
     info, config, settings = runtime.info, runtime.config, runtime.settings
-    # Groups and point sets are the WFLW-98 schema's; a model with another layout has neither.
+    # Groups come from the model's metadata; the point sets are views of the WFLW-98 schema.
     wflw = config.num_keypoints == 98
-    groups = WFLW_GROUPS if wflw else {}
+    groups = config.groups
     names = config.keypoint_names
     point_sets = [
         {"name": name, "indices": point_set_indices(name).tolist(),

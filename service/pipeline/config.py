@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from .keypoints import FLIP_PAIRS, KEYPOINT_NAMES, NUM_KEYPOINTS
+from .keypoints import FLIP_PAIRS, KEYPOINT_NAMES, NUM_KEYPOINTS, WFLW_GROUPS
 
 METADATA_PREFIX = "landmarks."
 CODEC_KEY = "codec"
@@ -108,6 +108,16 @@ class PipelineConfig:
     shift_heatmap: bool = True  # mmpose shifts the flipped-back heatmap one column right
     flip_test_in_graph: bool = False  # True if the ONNX graph already averages a flipped pass
     keypoint_names: tuple[str, ...] = field(default=KEYPOINT_NAMES)
+    # Semantic groups as (name, start, stop) index ranges. None: WFLW's groups for a 98-point
+    # model (files exported before this field existed), none otherwise.
+    keypoint_groups: tuple[tuple[str, int, int], ...] | None = None
+
+    @property
+    def groups(self) -> dict[str, tuple[int, int]]:
+        """Group name -> half-open index range [start, stop)."""
+        if self.keypoint_groups is not None:
+            return {name: (int(start), int(stop)) for name, start, stop in self.keypoint_groups}
+        return dict(WFLW_GROUPS) if self.num_keypoints == NUM_KEYPOINTS else {}
 
     # The codec's parts under the names the pipeline has always used.
     @property
@@ -143,8 +153,12 @@ class PipelineConfig:
 
     def to_metadata(self) -> dict[str, str]:
         """ONNX metadata_props: every field JSON-encoded, the codec as one object."""
-        return {METADATA_PREFIX + f.name: json.dumps(_plain(getattr(self, f.name)))
-                for f in fields(self)}
+        props = {METADATA_PREFIX + f.name: json.dumps(_plain(getattr(self, f.name)))
+                 for f in fields(self)}
+        # Written resolved, so a reader never has to know the default.
+        props[METADATA_PREFIX + "keypoint_groups"] = json.dumps(
+            [[name, start, stop] for name, (start, stop) in self.groups.items()])
+        return props
 
     @classmethod
     def from_metadata(cls, props: dict[str, str]) -> PipelineConfig:
@@ -177,6 +191,9 @@ class PipelineConfig:
         for a, b in self.flip_pairs:
             if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
                 raise ValueError(f"flip pair ({a}, {b}) is outside 0..{self.num_keypoints - 1}")
+        for name, (start, stop) in self.groups.items():
+            if not 0 <= start < stop <= self.num_keypoints:
+                raise ValueError(f"keypoint group {name!r} [{start}, {stop}) is outside 0..{self.num_keypoints}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three channels with std > 0")
 

@@ -1,0 +1,25 @@
+"""Keypoint groups travel in the model's metadata; /model reads them from there."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.pipeline.config import METADATA_PREFIX, PipelineConfig
+
+
+def test_groups_round_trip_through_metadata_and_old_files_get_wflw_groups():
+    custom = PipelineConfig(keypoint_groups=(("face", 0, 90), ("eyes", 90, 98)))
+    props = custom.to_metadata()
+    assert PipelineConfig.from_metadata(props).groups == {"face": (0, 90), "eyes": (90, 98)}
+    old = {k: v for k, v in PipelineConfig().to_metadata().items()
+           if k != METADATA_PREFIX + "keypoint_groups"}
+    groups = PipelineConfig.from_metadata(old).groups
+    # WFLW's documented ranges (mmpose's wflw.py), written out independently here.
+    assert groups == {"contour": (0, 33), "brows": (33, 51), "nose": (51, 60), "eyes": (60, 76),
+                      "mouth": (76, 96), "pupils": (96, 98)}
+
+
+def test_a_group_outside_the_keypoints_is_refused():
+    props = PipelineConfig(keypoint_groups=(("face", 0, 120),)).to_metadata()
+    with pytest.raises(ValueError, match="outside"):
+        PipelineConfig.from_metadata(props)
