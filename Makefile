@@ -58,15 +58,28 @@ detector: $(DETECTOR)
 $(DETECTOR): | $(STAMP)
 	$(BIN)/python -m model_export fetch-detector --output $(DETECTOR)
 
+# Serve $(1) with the face detector when its weights are here or can be fetched; offline
+# without them, serve without detection (requests then need boxes) and say so.
+define serve
+	@detector=$${LANDMARKS_DETECTOR:-retinaface}; \
+	if [ "$$detector" != none ] && [ -z "$$LANDMARKS_DETECTOR_PATH" ] && [ ! -f $(DETECTOR) ]; then \
+	  $(BIN)/python -m model_export fetch-detector --output $(DETECTOR) || { detector=none; \
+	    echo "No face detector weights (offline?): serving with LANDMARKS_DETECTOR=none, requests need bboxes."; \
+	    echo "To detect faces, put retinaface_mnet025.onnx at $(DETECTOR) (README, 'Face detection')."; }; \
+	fi; \
+	set -x; LANDMARKS_DETECTOR=$$detector LANDMARKS_DETECTOR_PATH=$${LANDMARKS_DETECTOR_PATH:-$(DETECTOR)} \
+	  LANDMARKS_MODEL_PATH=$(1) exec $(BIN)/python -m service
+endef
+
 ## make run: serve $(MODEL) (or $$LANDMARKS_MODEL_PATH if set) with the settings from the environment.
-run: $(STAMP) $(DETECTOR)
+run: $(STAMP)
 	@if [ -z "$$LANDMARKS_MODEL_PATH" ] && [ ! -f $(MODEL) ]; then $(MAKE) --no-print-directory model; fi
-	LANDMARKS_MODEL_PATH=$${LANDMARKS_MODEL_PATH:-$(MODEL)} LANDMARKS_DETECTOR_PATH=$${LANDMARKS_DETECTOR_PATH:-$(DETECTOR)} $(BIN)/python -m service
+	$(call serve,$${LANDMARKS_MODEL_PATH:-$(MODEL)})
 
 ## make run-demo: serve the untrained demo model (works offline once the venv exists; every response carries a warning).
-run-demo: $(STAMP) $(DETECTOR)
+run-demo: $(STAMP)
 	@test -f $(DEMO_MODEL) || $(MAKE) --no-print-directory model-demo
-	LANDMARKS_MODEL_PATH=$(DEMO_MODEL) LANDMARKS_DETECTOR_PATH=$${LANDMARKS_DETECTOR_PATH:-$(DETECTOR)} $(BIN)/python -m service
+	$(call serve,$(DEMO_MODEL))
 
 ## make bench: benchmarks (never part of make test); rewrites bench/RESULTS.md. `make bench BENCH_ARGS=--quick` for a short run.
 bench: $(STAMP) $(DETECTOR)

@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(warmup), 60)
-            runtime.stop()
+            # Joining the batcher thread blocks: keep the event loop free meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, runtime.stop)
 
     # FastAPIOffline: FastAPI with /docs and /redoc assets served from a package, not a CDN.
     app = FastAPIOffline(title="Face landmarks", version=__version__, description=DESCRIPTION,
@@ -74,11 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_route.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def demo_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
-    if settings.cors_origin_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
-                           allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(RequestGuard, settings=settings, metrics=metrics)
+    if settings.cors_origin_list:
+        # Added last = outermost: the guard's own answers (413, 500) carry CORS headers too,
+        # so a browser sees the JSON error instead of an opaque network failure.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST"], allow_headers=["*"],
+                           expose_headers=["X-Request-Id", "X-Render-Scale", "X-Warnings", "X-Faces"])
     return app

@@ -22,7 +22,7 @@ from service.engine.batcher import BatcherStoppedError, QueueFullError
 from service.engine.runtime import LandmarkRuntime
 from service.pipeline import draw
 from service.pipeline import faces as face_pipeline
-from service.pipeline.keypoints import point_set_groups, point_set_indices
+from service.pipeline.keypoints import NUM_KEYPOINTS, point_set_groups
 from service.pipeline.preprocess import ImageDecodeError, ImageTooLargeError, decode_image
 
 from .deps import protected, ready_runtime
@@ -65,7 +65,9 @@ def _multipart_schema(render: bool) -> dict:
 _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
+        400: "Content-Length is not a number",
         401: "missing or wrong API key",
+        408: "the request did not arrive within LANDMARKS_READ_TIMEOUT_S",
         413: "body bytes or image pixels over the limit",
         415: "unsupported content type, or an image that cannot be decoded",
         422: "bad boxes or fields (NaN, empty, degenerate, outside the image, too many faces)",
@@ -176,7 +178,13 @@ def _observe(request: Request, located: LocatedFaces) -> None:
 async def _located(request: Request, runtime: LandmarkRuntime, render: bool) -> tuple[LocatedFaces, object, float]:
     started = time.perf_counter()
     parsed = await read_landmarks_request(request, render=render)
-    located = await locate_faces(runtime, parsed, started + runtime.settings.request_timeout_s)
+    try:
+        face_pipeline.served_point_indices(parsed.options.points, runtime.config.num_keypoints)
+    except ValueError as exc:
+        raise invalid("invalid_field", str(exc)) from None
+    # The processing deadline starts once the body is in (a slow upload is the read
+    # timeout's business, not the request timeout's).
+    located = await locate_faces(runtime, parsed, time.perf_counter() + runtime.settings.request_timeout_s)
     _observe(request, located)
     return located, parsed.options, started
 
@@ -226,8 +234,12 @@ async def landmarks(request: Request, runtime: LandmarkRuntime = Depends(ready_r
 )
 async def render(request: Request, runtime: LandmarkRuntime = Depends(ready_runtime)) -> Response:
     located, options, _ = await _located(request, runtime, render=True)
-    index = point_set_indices(options.points)
-    groups = point_set_groups(options.points) if runtime.config.num_keypoints == 98 else None
+    config = runtime.config
+    index = face_pipeline.served_point_indices(options.points, config.num_keypoints)
+    if config.num_keypoints == NUM_KEYPOINTS:
+        groups = point_set_groups(options.points)
+    else:  # another layout: colour by the groups its metadata declares
+        groups = {name: np.arange(start, stop) for name, (start, stop) in config.groups.items()}
     keypoints = ([k for k in located.detections.keypoints] if located.detections is not None
                  else [None] * len(located.boxes))
 
@@ -240,6 +252,7 @@ async def render(request: Request, runtime: LandmarkRuntime = Depends(ready_runt
     headers = {"X-Faces": str(len(located.boxes))}
     if factor != 1.0:
         headers["X-Render-Scale"] = f"{factor:.6g}"
-    if located.warnings:
-        headers["X-Warnings"] = "; ".join(located.warnings)[:500]
+    warnings = [*runtime.info.warnings, *located.warnings]
+    if warnings:
+        headers["X-Warnings"] = "; ".join(warnings)[:500]
     return Response(data, media_type=draw.MEDIA_TYPES[options.format], headers=headers)

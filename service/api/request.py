@@ -80,12 +80,17 @@ async def _field_text(value, name: str) -> str:
 
 async def _read_multipart(request: Request, model: type[LandmarksOptions]) -> LandmarksRequest:
     try:
-        # Two files: the image and, optionally, a boxes file.
-        form = await request.form(max_files=2, max_fields=len(MULTIPART_FIELDS))
+        # Two files: the image and, optionally, a boxes file. The context closes the parts
+        # that spilled to temporary files.
+        async with request.form(max_files=2, max_fields=len(MULTIPART_FIELDS)) as form:
+            return await _options_from_form(form, model)
     except ApiError:
         raise
     except Exception as exc:  # malformed multipart bodies raise parser-specific errors
         raise ApiError(422, "invalid_multipart", f"cannot parse multipart body: {str(exc)[:120]}") from None
+
+
+async def _options_from_form(form, model: type[LandmarksOptions]) -> LandmarksRequest:
     image = form.get("image")
     if not isinstance(image, UploadFile):
         raise invalid("missing_image", "multipart field 'image' (a file) is required")

@@ -98,8 +98,9 @@ class LandmarksResponse(BaseModel):
         "model": {"name": "hrnetv2_w18_wflw_256x256_dark", "sha256": "9c1b...", "provider":
                   "CUDAExecutionProvider", "precision": "fp32", "trained": True},
         "flip_test": True,
-        "faces": [{"bbox": [412.0, 96.0, 180.0, 210.0], "landmarks": [[440.7, 132.7], "..."],
-                   "scores": [0.91, "..."], "score": 0.88}],
+        "points": "wflw98",
+        "faces": [{"bbox": [412.0, 96.0, 180.0, 210.0], "detection": None,
+                   "landmarks": [[440.7, 132.7], "..."], "scores": [0.91, "..."], "score": 0.88}],
         "timings_ms": {"decode": 3.1, "preprocess": 0.9, "queue": 0.4, "inference": 6.2,
                        "postprocess": 0.5, "total": 11.6},
         "warnings": [],

@@ -44,6 +44,7 @@ class LandmarkRuntime:
         self.settings = settings
         self.metrics = metrics
         self.readiness = Readiness()
+        self._stopping = False
         self.session, self.info = open_session(
             settings.model_path, settings.provider_list, settings.device_id,
             settings.max_batch_size, settings.ort_threads, auto=settings.providers_auto,
@@ -158,6 +159,8 @@ class LandmarkRuntime:
                 f"LANDMARKS_REQUIRE_GPU is set but onnxruntime runs on {self.info.provider} "
                 f"(requested {self.info.requested_providers})"
             )
+        if self._stopping:  # shutdown began while warming up: never start serving
+            return
         self.batcher.start()
         readiness.state = "ready"
         self.metrics.ready.set(1)
@@ -171,5 +174,6 @@ class LandmarkRuntime:
         log.error("NOT READY: %s", reason)
 
     def stop(self) -> None:
+        self._stopping = True
         self.metrics.ready.set(0)
         self.batcher.stop()

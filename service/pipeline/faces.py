@@ -22,7 +22,7 @@ from .config import PipelineConfig
 from .dark import decode_heatmaps
 from .flip import flip_inputs, merge_flip
 from .geometry import box_to_center_scale
-from .keypoints import point_set_indices
+from .keypoints import NUM_KEYPOINTS, point_set_indices
 from .preprocess import crop_faces, normalize
 
 
@@ -77,16 +77,29 @@ def finish(heatmaps: np.ndarray, faces: PreparedFaces, config: PipelineConfig) -
     return decode_heatmaps(heatmaps, faces.center, faces.scale, config.modulate_kernel, config.pixel_std)
 
 
+def served_point_indices(point_set: str, num_keypoints: int) -> np.ndarray:
+    """Indices of the points a point set returns from a `num_keypoints`-point model; raises
+    ValueError for a WFLW view of a model that does not have the WFLW-98 layout."""
+    if num_keypoints == NUM_KEYPOINTS:
+        return point_set_indices(point_set)
+    if point_set == "wflw98":
+        return np.arange(num_keypoints)
+    raise ValueError(f"point set {point_set!r} is a view of the WFLW 98-point layout; this model "
+                     f"has {num_keypoints} keypoints (use wflw98 for all of them)")
+
+
 def face_records(landmarks: np.ndarray, scores: np.ndarray, boxes: np.ndarray,
                  detections=None, point_set: str = "wflw98") -> list[dict]:
     """The response's per-face records, JSON-ready.
 
     landmarks `[F, K, 2]`, scores `[F, K]`, boxes `[F, 4]` (x, y, w, h, image px);
     detections: None (client boxes) or an object with `scores [F]` and `keypoints [F, 5, 2]`.
-    point_set picks and orders the points (`keypoints.POINT_SETS`); scores follow their points.
-    A non-finite score (a flat heatmap) becomes null: JSON has no NaN.
+    point_set picks and orders the points (`keypoints.POINT_SETS`, views of the WFLW-98
+    layout); scores follow their points. For a model with another keypoint count only
+    `wflw98` ("all points") is meaningful. A non-finite score (a flat heatmap) becomes null:
+    JSON has no NaN.
     """
-    index = point_set_indices(point_set)
+    index = served_point_indices(point_set, landmarks.shape[1])
     landmarks = landmarks[:, index]
     scores = scores[:, index]
     records = []

@@ -118,6 +118,7 @@ def fake_context(tmp_path: Path) -> Path:
         "model_export/__init__.py",
         "docker/entrypoint.sh",
         "docker/lint.py",
+        "THIRD_PARTY_NOTICES.md",
         "models/hrnetv2_w18_wflw_dark.onnx",
         ".venv/bin/python",
         "service/__pycache__/x.cpython-311.pyc",

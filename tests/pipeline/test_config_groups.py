@@ -23,3 +23,15 @@ def test_a_group_outside_the_keypoints_is_refused():
     props = PipelineConfig(keypoint_groups=(("face", 0, 120),)).to_metadata()
     with pytest.raises(ValueError, match="outside"):
         PipelineConfig.from_metadata(props)
+
+
+def test_point_sets_of_a_model_with_another_layout():
+    import numpy as np
+
+    from service.pipeline.faces import face_records, served_point_indices
+
+    assert served_point_indices("wflw98", 68).tolist() == list(range(68))
+    with pytest.raises(ValueError, match="98-point"):
+        served_point_indices("ibug68", 68)
+    records = face_records(np.zeros((1, 68, 2)), np.ones((1, 68)), np.array([[0.0, 0, 10, 10]]))
+    assert len(records[0]["landmarks"]) == 68 and records[0]["score"] == 1.0
