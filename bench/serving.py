@@ -275,9 +275,11 @@ class Fleet:
 def _start_fleet(ctx: Context, instant_path: Path, w18_path: Path) -> Fleet:
     fleet = Fleet()
     for workers in sorted({1, *ctx.serving_workers}):
+        # ort_spinning=false: what the service does on a GPU (the host CPU only feeds the
+        # device); on the CPU provider it would spin-wait a core between instant runs.
         fleet.instant[workers] = start_server(instant_path, providers=ctx.providers,
                                               log_name=f"serving_instant_w{workers}",
-                                              workers=workers)
+                                              workers=workers, ort_spinning=False)
     fleet.w18 = start_server(w18_path, providers=ctx.providers, log_name="serving_w18")
     for workers, server in fleet.instant.items():
         fleet.ready[f"instant_w{workers}"] = server.wait_ready(300)
@@ -484,7 +486,8 @@ def _report_markdown(ctx: Context, load0: str, m: Measured, load_rows, worker_ro
     ready = m.ready.get("instant_w1", {})
     md = [
         ("The real service (`python -m service`, uvicorn, `LANDMARKS_PROVIDERS="
-         f"{ctx.providers}`, defaults otherwise) serving an **instant network**: an ONNX graph "
+         f"{ctx.providers}`, `LANDMARKS_ORT_SPINNING=false` as on a GPU host, defaults "
+         "otherwise) serving an **instant network**: an ONNX graph "
          "that returns one fixed heatmap stack for every row (Gaussian peaks of the codec's "
          "sigma at the sample face's WFLW landmarks, amplitude 0.5-0.9, N(0, 0.01) noise, no "
          "value within 1e-6 of zero; `bench/out/instant_heatmaps.onnx`, built by "

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # comma list; empty = CORS off
     # Intra-op threads for onnxruntime (0 = its default, one per physical core).
     ort_threads: int = Field(0, ge=0)
+    # Let onnxruntime's idle intra-op threads spin-wait between runs (lower latency for a CPU
+    # network, at the cost of a busy core). Unset: off on a GPU, where the CPU's job is to
+    # feed the device, on for the CPU provider.
+    ort_spinning: bool | None = None
     # Seconds uvicorn waits for in-flight requests after SIGTERM.
     shutdown_grace_s: float = Field(30.0, ge=0.0)
     # Max landmark deviation (px on a 256 px crop) allowed by the start-up golden self-check.

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from service.pipeline.detect import Detections, postprocess, preprocess_for_detector
 
-from .session import file_sha256
+from .session import file_sha256, session_options
 
 log = logging.getLogger("service.engine")
 
@@ -61,15 +61,12 @@ class FaceDetector:
     called from several threads at once (InferenceSession.run is thread-safe).
     """
 
-    def __init__(self, path, providers: list[str], device_id: int = 0, threads: int = 0):
+    def __init__(self, path, providers: list[str], device_id: int = 0, threads: int = 0,
+                 spinning: bool = True):
         self.path = Path(path)
         if not self.path.is_file():
             raise DetectorLoadError(missing_file_message(self.path))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        options = session_options(threads, quiet=False, spinning=spinning)
         try:
             self.session = ort.InferenceSession(str(self.path), options,
                                                 providers=_detector_providers(providers, device_id))

@@ -20,7 +20,7 @@ from service.settings import Settings
 from .batcher import BatchTiming, DynamicBatcher
 from .detector import FaceDetector
 from .golden import GoldenCheckError, run_golden_check
-from .graph import wrap_model, wrap_refusal
+from .graph import load_model, wrap_model, wrap_refusal
 from .session import create_session, open_session, run_session
 
 log = logging.getLogger("service.engine")
@@ -53,8 +53,9 @@ class LandmarkRuntime:
         self.detector: FaceDetector | None = None
         self.calibration: DetectorCalibration | None = None
         if settings.detector == "retinaface":
+            spinning = settings.ort_spinning if settings.ort_spinning is not None else not self.info.on_gpu
             self.detector = FaceDetector(settings.detector_path, self.info.active_providers,
-                                         settings.device_id, settings.ort_threads)
+                                         settings.device_id, settings.ort_threads, spinning)
             self.calibration = DetectorCalibration.load(self._calibration_path())
             log.info("face detector %s on %s", settings.detector_path, self.detector.provider)
         info = self.info
@@ -92,12 +93,14 @@ class LandmarkRuntime:
         if refusal is not None:
             log.info("normalisation and flip test run on the host: %s", refusal)
             return False, self.run_batch
+        spinning = settings.ort_spinning if settings.ort_spinning is not None else not info.on_gpu
+        original = load_model(info.path)  # parsed once for both wraps
         self.graphs = {}
         for flip in (True, False):
             self.graphs[flip] = create_session(
-                wrap_model(info.path, info.config, flip), info.active_providers, settings.device_id,
+                wrap_model(original, info.config, flip), info.active_providers, settings.device_id,
                 settings.max_batch_size, settings.ort_threads, quiet=True,
-                cache_dir=info.path.parent / ".trt_cache")
+                cache_dir=info.path.parent / ".trt_cache", spinning=spinning)
         self.session = None  # the plain graph is not served; let its memory go
         names = {flip: (g.get_inputs()[0].name, g.get_outputs()[0].name) for flip, g in self.graphs.items()}
 

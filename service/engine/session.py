@@ -88,7 +88,7 @@ def provider_options(name: str, device_id: int, max_batch: int, input_name: str,
     return name, {}
 
 
-def session_options(threads: int = 0, quiet: bool = False) -> ort.SessionOptions:
+def session_options(threads: int = 0, quiet: bool = False, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # quiet: a provider that cannot load is expected (auto mode on a CPU-only host); say it
@@ -96,15 +96,19 @@ def session_options(threads: int = 0, quiet: bool = False) -> ort.SessionOptions
     options.log_severity_level = 4 if quiet else 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        # Idle intra-op threads sleep instead of spin-waiting for the next run: a spinning
+        # pool burns a core between batches that the request threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
 def create_session(model: Path | bytes, providers: list[str], device_id: int = 0, max_batch: int = 32,
-                   threads: int = 0, quiet: bool = False,
-                   cache_dir: Path | None = None) -> ort.InferenceSession:
+                   threads: int = 0, quiet: bool = False, cache_dir: Path | None = None,
+                   spinning: bool = True) -> ort.InferenceSession:
     """A session on the first of `providers` this build has (CPU if none); check
     `get_providers()` for what actually loaded."""
-    options = session_options(threads, quiet)
+    options = session_options(threads, quiet, spinning)
     probe = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                  providers=["CPUExecutionProvider"])
     first = probe.get_inputs()[0]
