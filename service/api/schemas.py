@@ -62,7 +62,8 @@ class Face(BaseModel):
                                                           "requested point set's order")
     scores: list[float | None] = Field(
         ..., description="Per-point confidence: the DARK-decoded heatmap maximum (about 0-1 for a "
-                         "trained model; low = occluded or unsure); null if the heatmap was flat",
+                         "trained model; low = occluded or unsure); null when the heatmap held no finite "
+                         "value (the point's coordinates are then meaningless)",
     )
     score: float | None = Field(..., description="Mean of the per-point scores (null if any is null)")
 

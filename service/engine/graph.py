@@ -175,6 +175,117 @@ def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(array, order="C"), _WRAP_PREFIX + name)  # keeps 0-d
 
 
+def _normalise_nodes(layout: str, output: str, config: PipelineConfig):
+    """uint8 crops -> float32 rows `output`, as `preprocess.normalize` computes them:
+    cast, / 255, - mean, / std (mean/std rounded to float32 first, like its table)."""
+    w = _WRAP_PREFIX
+    initializers = [
+        _const("255", np.array(255, np.float32)),
+        _const("mean", np.asarray(config.mean, np.float32).reshape(1, 3, 1, 1)),
+        _const("std", np.asarray(config.std, np.float32).reshape(1, 3, 1, 1)),
+    ]
+    nodes = []
+    crops_nchw = CROPS_INPUT
+    if layout == "NHWC":
+        # Transposing the uint8 crops moves 4x fewer bytes than transposing floats.
+        crops_nchw = w + "crops_nchw"
+        nodes.append(helper.make_node("Transpose", [CROPS_INPUT], [crops_nchw],
+                                      perm=[0, 3, 1, 2], name=w + "to_nchw"))
+    nodes += [
+        helper.make_node("Cast", [crops_nchw], [w + "float"], to=TensorProto.FLOAT, name=w + "cast"),
+        helper.make_node("Div", [w + "float", w + "255"], [w + "unit"], name=w + "div255"),
+        helper.make_node("Sub", [w + "unit", w + "mean"], [w + "centred"], name=w + "sub_mean"),
+        helper.make_node("Div", [w + "centred", w + "std"], [output], name=w + "div_std"),
+    ]
+    return nodes, initializers
+
+
+def _mirror_input_nodes(rows: str, net_input: str):
+    """rows [N, 3, H, W] -> net_input [2N, 3, H, W]: the rows, then their mirror images.
+
+    Mirrors are Slices with step -1 (data movement, exact; on CPU several times faster than a
+    Gather with reversed indices along the last axis)."""
+    w = _WRAP_PREFIX
+    lowest = np.iinfo(np.int64).min  # Slice "through index 0" for a negative step
+    initializers = [
+        _const("last_axis", np.array([3], np.int64)),
+        _const("step_back", np.array([-1], np.int64)),
+        _const("from_end", np.array([-1], np.int64)),
+        _const("through_start", np.array([lowest], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Slice", [rows, w + "from_end", w + "through_start", w + "last_axis",
+                                   w + "step_back"], [w + "mirrored"], name=w + "mirror_input"),
+        helper.make_node("Concat", [rows, w + "mirrored"], [net_input], axis=0, name=w + "both_halves"),
+    ]
+    return nodes, initializers
+
+
+def _merge_flip_nodes(net_output: str, config: PipelineConfig):
+    """net_output [2N, K, h, w] -> HEATMAPS_OUTPUT [N, K, h, w], as `flip.merge_flip`: the
+    second half's maps are flipped back (pair swap, mirror, one-column shift), added to the
+    first half's and halved, in float32. Uses the constants of `_mirror_input_nodes`."""
+    w = _WRAP_PREFIX
+    hm_w, hm_h = config.heatmap_size
+    keypoints = config.num_keypoints
+    initializers = [
+        _const("pairs_shape", np.array([2, -1, keypoints, hm_h, hm_w], np.int64)),
+        _const("half_plain", np.array(0, np.int64)),
+        _const("half_flipped", np.array(1, np.int64)),
+        _const("flip_index", flip_index(config.flip_pairs, keypoints).astype(np.int64)),
+        _const("2", np.array(2, np.float32)),
+    ]
+    nodes = [
+        # [2N, K, h, w] -> [2, N, K, h, w]: the first N rows are the plain crops.
+        helper.make_node("Reshape", [net_output, w + "pairs_shape"], [w + "halves"],
+                         name=w + "split_halves"),
+        helper.make_node("Gather", [w + "halves", w + "half_plain"], [w + "plain"], axis=0,
+                         name=w + "take_plain"),
+        helper.make_node("Gather", [w + "halves", w + "half_flipped"], [w + "flipped"],
+                         axis=0, name=w + "take_flipped"),
+        # Pair swap: channel a takes channel b's map (whole maps move: fast Gather).
+        helper.make_node("Gather", [w + "flipped", w + "flip_index"], [w + "swapped"],
+                         axis=1, name=w + "swap_pairs"),
+    ]
+    if config.shift_heatmap:
+        # Mirror then shift one column right, column 0 keeping its own mirrored value:
+        # back[..., 0] = F[..., w-1] and back[..., j] = F[..., w-j] for j >= 1, i.e.
+        # Concat(F[..., w-1:w], F[..., w-1:0:-1]).
+        initializers += [
+            _const("col_last", np.array([hm_w - 1], np.int64)),
+            _const("col_end", np.array([hm_w], np.int64)),
+            _const("col_first", np.array([0], np.int64)),
+        ]
+        nodes += [
+            helper.make_node("Slice", [w + "swapped", w + "col_last", w + "col_end",
+                                       w + "last_axis"], [w + "back_col0"], name=w + "back_column0"),
+            helper.make_node("Slice", [w + "swapped", w + "col_last", w + "col_first",
+                                       w + "last_axis", w + "step_back"], [w + "back_rest"],
+                             name=w + "back_columns"),
+            helper.make_node("Concat", [w + "back_col0", w + "back_rest"], [w + "back"],
+                             axis=3, name=w + "mirror_shift_back"),
+        ]
+    else:
+        nodes.append(helper.make_node(
+            "Slice", [w + "swapped", w + "from_end", w + "through_start", w + "last_axis",
+                      w + "step_back"], [w + "back"], name=w + "mirror_back"))
+    nodes += [
+        # merge_flip: back += plain; back /= 2 (float32).
+        helper.make_node("Add", [w + "back", w + "plain"], [w + "sum"], name=w + "add"),
+        helper.make_node("Div", [w + "sum", w + "2"], [HEATMAPS_OUTPUT], name=w + "half"),
+    ]
+    return nodes, initializers
+
+
+def _wrapped_metadata(original: onnx.ModelProto, flip_test: bool, layout: str) -> dict[str, str]:
+    props = _metadata(original)
+    props[NORMALIZE_IN_GRAPH_KEY] = json.dumps(True)
+    props[FLIP_IN_GRAPH_KEY] = json.dumps(bool(flip_test))
+    props[INPUT_LAYOUT_KEY] = json.dumps(layout)
+    props[INPUT_DTYPE_KEY] = json.dumps("uint8")
+    return props
+
+
 def wrap_model(model: ModelLike, config: PipelineConfig, flip_test: bool,
                layout: str = "NHWC") -> bytes:
     """Plain landmark network -> serialized ModelProto taking uint8 crops.
@@ -197,110 +308,25 @@ def wrap_model(model: ModelLike, config: PipelineConfig, flip_test: bool,
     net = add_prefix_graph(original.graph, _NET_PREFIX)
     net_input = _graph_inputs(net)[0].name
     net_output = net.output[0].name
+    if flip_test:
+        rows = _WRAP_PREFIX + "normalised"
+        pre, initializers = _normalise_nodes(layout, rows, config)
+        mirror, mirror_consts = _mirror_input_nodes(rows, net_input)
+        post, merge_consts = _merge_flip_nodes(net_output, config)
+        pre, initializers = pre + mirror, initializers + mirror_consts + merge_consts
+    else:
+        pre, initializers = _normalise_nodes(layout, net_input, config)
+        post = [helper.make_node("Identity", [net_output], [HEATMAPS_OUTPUT], name=_WRAP_PREFIX + "output")]
+
     width, height = config.input_size
     hm_w, hm_h = config.heatmap_size
-    keypoints = config.num_keypoints
-    w = _WRAP_PREFIX
-
-    # mean/std rounded to float32 first, exactly as normalize's table does.
-    mean = np.asarray(config.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(config.std, np.float32).reshape(1, 3, 1, 1)
-    initializers = [
-        _const("255", np.array(255, np.float32)),
-        _const("mean", mean),
-        _const("std", std),
-    ]
-    pre: list[onnx.NodeProto] = []  # before the network
-    post: list[onnx.NodeProto] = []  # after it
-    if layout == "NHWC":
-        # Transposing the uint8 crops moves 4x fewer bytes than transposing floats.
-        pre.append(helper.make_node("Transpose", [CROPS_INPUT], [w + "crops_nchw"],
-                                      perm=[0, 3, 1, 2], name=w + "to_nchw"))
-        crops_nchw = w + "crops_nchw"
-    else:
-        crops_nchw = CROPS_INPUT
-    normalised = w + "normalised"
-    pre += [
-        helper.make_node("Cast", [crops_nchw], [w + "float"], to=TensorProto.FLOAT, name=w + "cast"),
-        helper.make_node("Div", [w + "float", w + "255"], [w + "unit"], name=w + "div255"),
-        helper.make_node("Sub", [w + "unit", w + "mean"], [w + "centred"], name=w + "sub_mean"),
-        helper.make_node("Div", [w + "centred", w + "std"],
-                         [normalised if flip_test else net_input], name=w + "div_std"),
-    ]
-    if flip_test:
-        # Mirrors are Slices with step -1 (data movement, exact; on CPU several times faster
-        # than a Gather with reversed indices along the last axis). The network runs both
-        # halves as one batch of 2N rows; the second half's maps are flipped back.
-        lowest = np.iinfo(np.int64).min  # Slice "through index 0" for a negative step
-        initializers += [
-            _const("last_axis", np.array([3], np.int64)),
-            _const("step_back", np.array([-1], np.int64)),
-            _const("from_end", np.array([-1], np.int64)),
-            _const("through_start", np.array([lowest], np.int64)),
-            _const("pairs_shape", np.array([2, -1, keypoints, hm_h, hm_w], np.int64)),
-            _const("half_plain", np.array(0, np.int64)),
-            _const("half_flipped", np.array(1, np.int64)),
-            _const("flip_index", flip_index(config.flip_pairs, keypoints).astype(np.int64)),
-            _const("2", np.array(2, np.float32)),
-        ]
-        pre += [
-            helper.make_node("Slice", [normalised, w + "from_end", w + "through_start",
-                                       w + "last_axis", w + "step_back"], [w + "mirrored"],
-                             name=w + "mirror_input"),
-            helper.make_node("Concat", [normalised, w + "mirrored"], [net_input], axis=0,
-                             name=w + "both_halves"),
-        ]
-        post += [
-            # [2N, K, h, w] -> [2, N, K, h, w]: the first N rows are the plain crops.
-            helper.make_node("Reshape", [net_output, w + "pairs_shape"], [w + "halves"],
-                             name=w + "split_halves"),
-            helper.make_node("Gather", [w + "halves", w + "half_plain"], [w + "plain"], axis=0,
-                             name=w + "take_plain"),
-            helper.make_node("Gather", [w + "halves", w + "half_flipped"], [w + "flipped"],
-                             axis=0, name=w + "take_flipped"),
-            # Pair swap: channel a takes channel b's map (whole maps move: fast Gather).
-            helper.make_node("Gather", [w + "flipped", w + "flip_index"], [w + "swapped"],
-                             axis=1, name=w + "swap_pairs"),
-        ]
-        if config.shift_heatmap:
-            # Mirror then shift one column right, column 0 keeping its own mirrored value:
-            # back[..., 0] = F[..., w-1] and back[..., j] = F[..., w-j] for j >= 1, i.e.
-            # Concat(F[..., w-1:w], F[..., w-1:0:-1]).
-            initializers += [
-                _const("col_last", np.array([hm_w - 1], np.int64)),
-                _const("col_end", np.array([hm_w], np.int64)),
-                _const("col_first", np.array([0], np.int64)),
-            ]
-            post += [
-                helper.make_node("Slice", [w + "swapped", w + "col_last", w + "col_end",
-                                           w + "last_axis"], [w + "back_col0"],
-                                 name=w + "back_column0"),
-                helper.make_node("Slice", [w + "swapped", w + "col_last", w + "col_first",
-                                           w + "last_axis", w + "step_back"], [w + "back_rest"],
-                                 name=w + "back_columns"),
-                helper.make_node("Concat", [w + "back_col0", w + "back_rest"], [w + "back"],
-                                 axis=3, name=w + "mirror_shift_back"),
-            ]
-        else:
-            post.append(helper.make_node(
-                "Slice", [w + "swapped", w + "from_end", w + "through_start", w + "last_axis",
-                          w + "step_back"], [w + "back"], name=w + "mirror_back"))
-        post += [
-            # merge_flip: back += plain; back /= 2 (float32).
-            helper.make_node("Add", [w + "back", w + "plain"], [w + "sum"], name=w + "add"),
-            helper.make_node("Div", [w + "sum", w + "2"], [HEATMAPS_OUTPUT], name=w + "half"),
-        ]
-    else:
-        post.append(helper.make_node("Identity", [net_output], [HEATMAPS_OUTPUT],
-                                      name=w + "output"))
-
     crops_shape = ["N", height, width, 3] if layout == "NHWC" else ["N", 3, height, width]
     graph = helper.make_graph(
         nodes=[*pre, *net.node, *post],
         name=(original.graph.name or "landmarks") + "_uint8" + ("_flip" if flip_test else ""),
         inputs=[helper.make_tensor_value_info(CROPS_INPUT, TensorProto.UINT8, crops_shape)],
         outputs=[helper.make_tensor_value_info(HEATMAPS_OUTPUT, TensorProto.FLOAT,
-                                               ["N", keypoints, hm_h, hm_w])],
+                                               ["N", config.num_keypoints, hm_h, hm_w])],
         initializer=[*initializers, *net.initializer],
         value_info=_network_value_info(net, flip_test),
     )
@@ -315,12 +341,7 @@ def wrap_model(model: ModelLike, config: PipelineConfig, flip_test: bool,
     wrapped.functions.extend(original.functions)
     wrapped.model_version = original.model_version
     wrapped.doc_string = original.doc_string
-    props = _metadata(original)
-    props[NORMALIZE_IN_GRAPH_KEY] = json.dumps(True)
-    props[FLIP_IN_GRAPH_KEY] = json.dumps(bool(flip_test))
-    props[INPUT_LAYOUT_KEY] = json.dumps(layout)
-    props[INPUT_DTYPE_KEY] = json.dumps("uint8")
-    for key, value in props.items():
+    for key, value in _wrapped_metadata(original, flip_test, layout).items():
         entry = wrapped.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(wrapped)

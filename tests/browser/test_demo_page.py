@@ -284,3 +284,31 @@ def test_a_file_that_is_not_an_image_shows_the_servers_error(browser, server, tm
     message = _message(browser)
     assert "415" in message and body["code"] in message and body["request_id"] in message
     assert browser.find_element("id", "download").get_attribute("disabled") is not None
+
+
+def test_render_endpoint_gives_an_image_the_browser_decodes(browser, server):
+    """POST /landmarks/render from the page's origin (fetch + FormData, as a web client would)
+    and decode the answer in the browser: an image of the photo's size, faces detected."""
+    _open(browser, server)
+    browser.find_element("id", "image").send_keys(str(PHOTO))  # the page's own file input
+    result = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const file = document.getElementById('image').files[0];
+        const form = new FormData();
+        form.append('image', file);
+        form.append('format', 'png');
+        fetch('/landmarks/render', {method: 'POST', body: form, headers: {'X-API-Key': arguments[0]}})
+          .then(async (r) => {
+            const blob = await r.blob();
+            const img = new Image();
+            img.onload = () => done({status: r.status, type: r.headers.get('content-type'),
+                                     faces: r.headers.get('x-faces'),
+                                     size: [img.naturalWidth, img.naturalHeight]});
+            img.onerror = () => done({status: r.status, error: 'not decodable'});
+            img.src = URL.createObjectURL(blob);
+          })
+          .catch((e) => done({error: String(e)}));
+    """, API_KEY)
+    assert result.get("error") is None, result
+    assert result["status"] == 200 and result["type"] == "image/png"
+    assert result["size"] == list(PHOTO_SIZE) and int(result["faces"]) >= 1
