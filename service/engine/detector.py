@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.checksums import file_sha256
 from service.pipeline.detect import Detections, postprocess, preprocess_for_detector
 
-from .session import file_sha256, session_options
+from .session import session_options
 
 log = logging.getLogger("service.engine")
 

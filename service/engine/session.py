@@ -6,7 +6,6 @@ runs on CPU; only `session.get_providers()` tells the truth, so that is all we r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.checksums import file_sha256
 from service.pipeline.config import METADATA_PREFIX, PipelineConfig
 
 log = logging.getLogger("service.engine")
@@ -59,14 +59,6 @@ class ModelInfo:
             return json.loads(raw)
         except json.JSONDecodeError:
             return raw
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def provider_options(name: str, device_id: int, max_batch: int, input_name: str,

