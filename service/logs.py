@@ -26,7 +26,9 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "logger": record.name,
+            # uvicorn logs its server life cycle as "uvicorn.error" even at INFO: an operator
+            # grepping for errors should not find "Started server process".
+            "logger": "uvicorn" if record.name == "uvicorn.error" else record.name,
             "pid": record.process if record.process is not None else os.getpid(),
             "msg": record.getMessage(),
         }

@@ -110,3 +110,19 @@ def test_a_bad_api_key_setting_is_never_echoed(tiny_onnx, tmp_path):
     code, lines, _ = run_to_exit(tiny_onnx, tmp_path, api_key="s3cret-value", max_faces=0)
     assert code == INVALID_SETTINGS
     assert "LANDMARKS_MAX_FACES" in lines[0] and "s3cret-value" not in lines[0]
+
+
+def test_default_providers_on_a_cpu_only_host_start_without_error_lines(tiny_onnx, tmp_path):
+    """The default LANDMARKS_PROVIDERS (auto) on this GPU-less machine: CPU, said once as a
+    warning and in /readyz; no ERROR line and no onnxruntime error output."""
+    log = tmp_path / "server.log"
+    with Server.python(tiny_onnx, log, providers="auto", detector="none") as server:
+        ready = server.wait_ready()
+    assert ready["provider"] == "CPUExecutionProvider" and ready["provider_choice"] == "auto"
+    text = log.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert not [e for e in lines if e["level"] in ("ERROR", "CRITICAL")]
+    assert not [line for line in text.splitlines() if not line.startswith("{")], text[:500]
+    auto = [e for e in lines if "providers auto" in e["msg"]]
+    assert len(auto) == 1 and auto[0]["level"] == "WARNING"
+    assert not any("error" in e["logger"] for e in lines)
