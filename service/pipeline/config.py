@@ -108,16 +108,20 @@ class PipelineConfig:
     shift_heatmap: bool = True  # mmpose shifts the flipped-back heatmap one column right
     flip_test_in_graph: bool = False  # True if the ONNX graph already averages a flipped pass
     keypoint_names: tuple[str, ...] = field(default=KEYPOINT_NAMES)
-    # Semantic groups as (name, start, stop) index ranges. None: WFLW's groups for a 98-point
-    # model (files exported before this field existed), none otherwise.
+    # Semantic groups as (name, start, stop) index ranges. None (files exported before this
+    # field existed): WFLW's groups for a 98-point model, none otherwise.
     keypoint_groups: tuple[tuple[str, int, int], ...] | None = None
+
+    def __post_init__(self):
+        if self.keypoint_groups is None:
+            default = tuple((name, start, stop) for name, (start, stop) in WFLW_GROUPS.items()) \
+                if self.num_keypoints == NUM_KEYPOINTS else ()
+            object.__setattr__(self, "keypoint_groups", default)  # frozen: resolve once
 
     @property
     def groups(self) -> dict[str, tuple[int, int]]:
         """Group name -> half-open index range [start, stop)."""
-        if self.keypoint_groups is not None:
-            return {name: (int(start), int(stop)) for name, start, stop in self.keypoint_groups}
-        return dict(WFLW_GROUPS) if self.num_keypoints == NUM_KEYPOINTS else {}
+        return {name: (int(start), int(stop)) for name, start, stop in self.keypoint_groups}
 
     # The codec's parts under the names the pipeline has always used.
     @property
@@ -153,12 +157,8 @@ class PipelineConfig:
 
     def to_metadata(self) -> dict[str, str]:
         """ONNX metadata_props: every field JSON-encoded, the codec as one object."""
-        props = {METADATA_PREFIX + f.name: json.dumps(_plain(getattr(self, f.name)))
-                 for f in fields(self)}
-        # Written resolved, so a reader never has to know the default.
-        props[METADATA_PREFIX + "keypoint_groups"] = json.dumps(
-            [[name, start, stop] for name, (start, stop) in self.groups.items()])
-        return props
+        return {METADATA_PREFIX + f.name: json.dumps(_plain(getattr(self, f.name)))
+                for f in fields(self)}
 
     @classmethod
     def from_metadata(cls, props: dict[str, str]) -> PipelineConfig:
