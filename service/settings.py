@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # network, at the cost of a busy core). Unset: off on a GPU, where the CPU's job is to
     # feed the device, on for the CPU provider.
     ort_spinning: bool | None = None
+    # Normalisation and flip test inside the ONNX graph (uint8 crops in, merged heatmaps out).
+    # Unset: on with a GPU provider (less data over PCIe, the work on the device), off on the
+    # CPU provider, where the host path measured cheaper (bench/RESULTS.md). Bit-identical.
+    preprocess_in_graph: bool | None = None
     # Seconds uvicorn waits for in-flight requests after SIGTERM.
     shutdown_grace_s: float = Field(30.0, ge=0.0)
     # Max landmark deviation (px on a 256 px crop) allowed by the start-up golden self-check.

@@ -83,12 +83,20 @@ class LandmarkRuntime:
     def _open_served_graphs(self):
         """-> (in_graph, batcher run functions).
 
-        A plain model file is wrapped at load time into two graphs taking uint8 crops, with
+        On a GPU (or with LANDMARKS_PREPROCESS_IN_GRAPH=true), a plain model file is wrapped
+        at load time into two graphs taking uint8 crops, with
         normalisation and (in one of them) the flip test inside: 4x less data to the device,
         half the data back, no host-side flip copies or merge, and bit-identical results
         (tests/service/test_graph_wrap.py). Files that cannot be wrapped keep the host path.
         """
         settings, info = self.settings, self.info
+        wanted = settings.preprocess_in_graph
+        if wanted is None:
+            wanted = info.on_gpu
+        if not wanted:
+            log.info("normalisation and flip test run on the host (LANDMARKS_PREPROCESS_IN_GRAPH "
+                     "unset on %s, or false)", info.provider)
+            return False, self.run_batch
         refusal = wrap_refusal(info.path, info.config)
         if refusal is not None:
             log.info("normalisation and flip test run on the host: %s", refusal)

@@ -93,8 +93,9 @@ def test_flip_test_default_follows_the_setting(app_client, sample):
     assert post_image(client, sample["bytes"]).json()["flip_test"] is False
 
 
-def test_concurrent_requests_are_batched_and_equal_unbatched(app_client, sample, tiny_onnx):
-    client = app_client(max_batch_size=16, batch_timeout_ms=100.0)
+@pytest.mark.parametrize("in_graph", [False, True], ids=["host-preprocess", "in-graph-preprocess"])
+def test_concurrent_requests_are_batched_and_equal_unbatched(app_client, sample, tiny_onnx, in_graph):
+    client = app_client(max_batch_size=16, batch_timeout_ms=100.0, preprocess_in_graph=in_graph)
     rng = np.random.default_rng(0)
     x, y, w, h = sample["bbox"]
     boxes = [[x + rng.uniform(-20, 20), y + rng.uniform(-20, 20), w * rng.uniform(0.8, 1.2),
@@ -116,8 +117,9 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(app_client, sample,
     metrics = client.get("/metrics").text
     count = _metric(metrics, "landmarks_batch_size_count")
     total = _metric(metrics, "landmarks_batch_size_sum")
-    # One crop per face: the served graph mirrors and merges inside (uint8 crops in).
-    assert total == len(boxes)
+    # In the graph: one crop per face (the graph mirrors and merges inside); on the host the
+    # mirrored copy is a second network input.
+    assert total == (1 if in_graph else 2) * len(boxes)
     assert count < len(boxes), "requests were not batched together"
 
 

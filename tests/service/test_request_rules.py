@@ -179,3 +179,15 @@ def test_render_refuses_an_unknown_format(client, sample):
                                                                  "image/png")},
                            data={"detect": "false", "format": "gif"})
     assert response.status_code == 422 and response.json()["code"] == "invalid_field"
+
+
+@pytest.mark.parametrize("flip", ["true", "false"])
+def test_in_graph_preprocessing_answers_exactly_what_the_host_path_does(app_client, sample, flip):
+    """The served uint8 graph (normalise + flip inside) and the host path give the same
+    landmarks and scores to the bit, through the whole service."""
+    host = app_client(preprocess_in_graph=False)
+    graph = app_client(preprocess_in_graph=True)
+    assert graph.app.state.runtime.in_graph and not host.app.state.runtime.in_graph
+    a = post_image(host, sample["bytes"], [sample["bbox"], [300, 50, 200, 240]], flip_test=flip).json()
+    b = post_image(graph, sample["bytes"], [sample["bbox"], [300, 50, 200, 240]], flip_test=flip).json()
+    assert a["faces"] == b["faces"]
