@@ -22,7 +22,9 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 bearer = HTTPBearer(auto_error=False, description="The same key as `Authorization: Bearer <key>`")
 
 
-def require_api_key(request: Request, key: str | None = Security(api_key_header),
+# Dependencies are `async def`: FastAPI runs plain `def` ones in a worker thread, a thread
+# hand-off per dependency per request.
+async def require_api_key(request: Request, key: str | None = Security(api_key_header),
                     credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
     settings = request.app.state.settings
     if settings.api_key is None:
@@ -34,7 +36,7 @@ def require_api_key(request: Request, key: str | None = Security(api_key_header)
                        {"WWW-Authenticate": "ApiKey"})
 
 
-def ready_runtime(request: Request) -> LandmarkRuntime:
+async def ready_runtime(request: Request) -> LandmarkRuntime:
     """The runtime, once loaded, warmed and self-checked; 503 + Retry-After before that."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.readiness.ready:
@@ -45,7 +47,7 @@ def ready_runtime(request: Request) -> LandmarkRuntime:
     return runtime
 
 
-def loaded_runtime(request: Request) -> LandmarkRuntime:
+async def loaded_runtime(request: Request) -> LandmarkRuntime:
     """The runtime once the model is open (warming or not); 503 before that."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:

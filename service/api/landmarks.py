@@ -89,6 +89,7 @@ class LocatedFaces:
     flip_test: bool
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    records: list[dict] | None = None  # face_records(...), when asked for
 
 
 def _decode(runtime: LandmarkRuntime, data: bytes) -> np.ndarray:
@@ -142,8 +143,10 @@ def _prepare(runtime: LandmarkRuntime, data: bytes, options, flip: bool):
     return rgb, boxes, detections, faces, timings, warnings
 
 
-async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, deadline: float) -> LocatedFaces:
-    """The request flow shared by every landmarks route."""
+async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, deadline: float,
+                       records_for: str | None = None) -> LocatedFaces:
+    """The request flow shared by every landmarks route; `records_for` (a point set) also
+    builds the JSON face records in the post-processing worker thread."""
     settings, options = runtime.settings, request.options
     flip = settings.flip_test if options.flip_test is None else options.flip_test
     loop = asyncio.get_running_loop()
@@ -152,7 +155,7 @@ async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, dead
     if faces.num_faces == 0:
         num_k = runtime.config.num_keypoints
         return LocatedFaces(rgb, boxes, detections, np.zeros((0, num_k, 2)), np.zeros((0, num_k)),
-                            flip, timings, warnings)
+                            flip, timings, warnings, [] if records_for else None)
     try:
         heatmaps, timing = await runtime.infer(faces, timeout_s=max(deadline - time.perf_counter(), 0.001))
     except QueueFullError as exc:
@@ -163,9 +166,18 @@ async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, dead
         raise ApiError(504, "timeout", f"request took longer than {settings.request_timeout_s:g} s") from None
     timings["queue"], timings["inference"] = timing.queue_s, timing.inference_s
     started = time.perf_counter()
-    landmarks, scores = await loop.run_in_executor(None, face_pipeline.finish, heatmaps, faces, runtime.config)
+    landmarks, scores, records = await loop.run_in_executor(
+        None, _postprocess, runtime, heatmaps, faces, boxes, detections, records_for)
     timings["postprocess"] = time.perf_counter() - started
-    return LocatedFaces(rgb, boxes, detections, landmarks, scores, flip, timings, warnings)
+    return LocatedFaces(rgb, boxes, detections, landmarks, scores, flip, timings, warnings, records)
+
+
+def _postprocess(runtime: LandmarkRuntime, heatmaps, faces, boxes, detections, records_for):
+    """Worker thread: DARK decode, and the JSON records when the route answers JSON."""
+    landmarks, scores = face_pipeline.finish(heatmaps, faces, runtime.config)
+    records = None if records_for is None else face_pipeline.face_records(
+        landmarks, scores, boxes, detections, records_for)
+    return landmarks, scores, records
 
 
 def _observe(request: Request, located: LocatedFaces) -> None:
@@ -184,7 +196,8 @@ async def _located(request: Request, runtime: LandmarkRuntime, render: bool) -> 
         raise invalid("invalid_field", str(exc)) from None
     # The processing deadline starts once the body is in (a slow upload is the read
     # timeout's business, not the request timeout's).
-    located = await locate_faces(runtime, parsed, time.perf_counter() + runtime.settings.request_timeout_s)
+    located = await locate_faces(runtime, parsed, time.perf_counter() + runtime.settings.request_timeout_s,
+                                 records_for=None if render else parsed.options.points)
     _observe(request, located)
     return located, parsed.options, started
 
@@ -202,8 +215,6 @@ async def _located(request: Request, runtime: LandmarkRuntime, render: bool) -> 
 async def landmarks(request: Request, runtime: LandmarkRuntime = Depends(ready_runtime)) -> Response:
     located, options, started = await _located(request, runtime, render=False)
     info = runtime.info
-    records = face_pipeline.face_records(located.landmarks, located.scores, located.boxes,
-                                         located.detections, options.points)
     timings = {stage: round(s * 1000.0, 3) for stage, s in located.timings_s.items()}
     timings["total"] = round((time.perf_counter() - started) * 1000.0, 3)
     height, width = located.rgb.shape[:2]
@@ -213,7 +224,7 @@ async def landmarks(request: Request, runtime: LandmarkRuntime = Depends(ready_r
                   "precision": info.precision, "trained": info.trained},
         "flip_test": located.flip_test,
         "points": options.points,
-        "faces": records,
+        "faces": located.records,
         "timings_ms": timings,
         "warnings": [*info.warnings, *located.warnings],
     }
