@@ -17,11 +17,12 @@ preflights and the OpenAPI security scheme work; this middleware knows no route 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
+import secrets
 import sys
 import time
-import uuid
 
 import h11
 from starlette.routing import Match
@@ -69,7 +70,7 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = _clean_request_id(headers.get("x-request-id")) or uuid.uuid4().hex
+        request_id = _clean_request_id(headers.get("x-request-id")) or _new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = request_id_var.set(request_id)
@@ -185,6 +186,16 @@ def _route_label(scope) -> str:
                 route = candidate
                 break
     return getattr(route, "path", None) or "other"
+
+
+# Request ids: unique, not secret. A random prefix per process plus a counter costs no
+# system call per request (uuid4 reads the OS random source each time).
+_ID_PREFIX = secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):020x}"
 
 
 def _clean_request_id(value: str | None) -> str | None:
