@@ -8,11 +8,12 @@ so all processes write the same JSON lines; each line names its process (`pid`).
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import logging.config
 import os
 import time
+
+import orjson
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -40,7 +41,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = getattr(record, key)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        # orjson: one access line per request is written from the event loop.
+        return orjson.dumps(entry, default=str).decode()
 
 
 class DropRedundantStartupLine(logging.Filter):
