@@ -101,21 +101,21 @@ def create_session(model: Path | bytes, providers: list[str], device_id: int = 0
     """A session on the first of `providers` this build has (CPU if none); check
     `get_providers()` for what actually loaded."""
     options = session_options(threads, quiet, spinning)
-    probe = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                 providers=["CPUExecutionProvider"])
-    first = probe.get_inputs()[0]
-    row_shape = tuple(d if isinstance(d, int) else 1 for d in first.shape[1:])
+    source = model if isinstance(model, bytes) else str(model)
     available = ort.get_available_providers()
-    chosen = [provider_options(p, device_id, max_batch, first.name, row_shape,
-                               cache_dir or Path(".trt_cache"))
-              for p in providers if p in available]
-    if not chosen:
-        return probe
+    wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    input_name, row_shape = "input", ()
+    if "TensorrtExecutionProvider" in wanted:
+        # TensorRT's optimisation profile names the model's own input and row shape.
+        first = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).get_inputs()[0]
+        input_name = first.name
+        row_shape = tuple(d if isinstance(d, int) else 1 for d in first.shape[1:])
+    chosen = [provider_options(p, device_id, max_batch, input_name, row_shape,
+                               cache_dir or Path(".trt_cache")) for p in wanted]
     if quiet:
         ort.set_default_logger_severity(4)
     try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                    providers=chosen)
+        return ort.InferenceSession(source, options, providers=chosen)
     finally:
         if quiet:
             ort.set_default_logger_severity(2)
