@@ -34,7 +34,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from .api.middleware import read_timeout_protocol
 from .logs import logging_config
 from .metrics import MULTIPROC_DIR_ENV, mark_worker_dead
-from .settings import Settings
+from .settings import Settings, available_cores
 
 log = logging.getLogger("service")
 
@@ -93,14 +93,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {exc} (check LANDMARKS_HOST)") from None
     sock.set_inheritable(True)
     return sock
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers' cpusets narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_ort_threads(settings: Settings, workers: int) -> int:

@@ -6,6 +6,7 @@ Kubernetes manifests all read these same variables.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -122,6 +123,19 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def cores_per_worker(self) -> int:
+        """This worker's share of the cores the service may use (at least 1)."""
+        return max(1, available_cores() // self.workers)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers' cpusets narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _all_ort_providers() -> list[str]:

@@ -149,9 +149,8 @@ async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, dead
     builds the JSON face records in the post-processing worker thread."""
     settings, options = runtime.settings, request.options
     flip = settings.flip_test if options.flip_test is None else options.flip_test
-    loop = asyncio.get_running_loop()
-    rgb, boxes, detections, faces, timings, warnings = await loop.run_in_executor(
-        None, _prepare, runtime, request.image, options, flip)
+    rgb, boxes, detections, faces, timings, warnings = await runtime.run_cpu(
+        _prepare, runtime, request.image, options, flip)
     if faces.num_faces == 0:
         num_k = runtime.config.num_keypoints
         return LocatedFaces(rgb, boxes, detections, np.zeros((0, num_k, 2)), np.zeros((0, num_k)),
@@ -166,8 +165,8 @@ async def locate_faces(runtime: LandmarkRuntime, request: LandmarksRequest, dead
         raise ApiError(504, "timeout", f"request took longer than {settings.request_timeout_s:g} s") from None
     timings["queue"], timings["inference"] = timing.queue_s, timing.inference_s
     started = time.perf_counter()
-    landmarks, scores, records = await loop.run_in_executor(
-        None, _postprocess, runtime, heatmaps, faces, boxes, detections, records_for)
+    landmarks, scores, records = await runtime.run_cpu(
+        _postprocess, runtime, heatmaps, faces, boxes, detections, records_for)
     timings["postprocess"] = time.perf_counter() - started
     return LocatedFaces(rgb, boxes, detections, landmarks, scores, flip, timings, warnings, records)
 
@@ -259,7 +258,7 @@ async def render(request: Request, runtime: LandmarkRuntime = Depends(ready_runt
         drawn = draw.draw_faces(image, located.boxes, located.landmarks[:, index], groups, keypoints, factor)
         return draw.encode_image(drawn, options.format), factor
 
-    data, factor = await asyncio.get_running_loop().run_in_executor(None, draw_and_encode)
+    data, factor = await runtime.run_cpu(draw_and_encode)
     headers = {"X-Faces": str(len(located.boxes))}
     if factor != 1.0:
         headers["X-Render-Scale"] = f"{factor:.6g}"
