@@ -92,7 +92,7 @@ function authHeaders() {
 async function loadModelInfo() {
   if (modelInfo) return;
   try {
-    const response = await fetch("/model", { headers: authHeaders() });
+    const response = await fetch("model", { headers: authHeaders() });
     if (response.ok) modelInfo = await response.json();
   } catch (err) {
     // Names and groups are a nicety: without them points are still drawn and hoverable.
@@ -141,7 +141,7 @@ async function run() {
   let response;
   let text;
   try {
-    response = await fetch("/landmarks", { method: "POST", body: form, headers: authHeaders() });
+    response = await fetch("landmarks", { method: "POST", body: form, headers: authHeaders() });
     text = await response.text();
   } catch (err) {
     if (mine === serial) fail(`The request failed: ${err.message}`);
