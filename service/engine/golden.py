@@ -81,6 +81,23 @@ def _run_golden(run: Callable[[np.ndarray], np.ndarray], config: PipelineConfig,
     return landmarks[0], decoded[0]
 
 
+def flip_on_host(run_plain: Callable[[np.ndarray], np.ndarray], config: PipelineConfig
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """A served *plain* graph (uint8 crops `[N, H, W, 3]` -> heatmaps, no flip test) as a
+    flip-test run: crops and their mirror images in one batch, merged on the host.
+
+    Mirroring the uint8 crop before the graph normalises it equals mirroring the normalised
+    input (normalisation is per pixel), so this is the flip test of the host path; the
+    golden record (flip test on) then checks the plain graph too.
+    """
+    def run(crops: np.ndarray) -> np.ndarray:
+        count = len(crops)
+        rows = run_plain(np.concatenate([crops, np.ascontiguousarray(crops[:, :, ::-1])]))
+        return merge_flip(rows[:count], rows[count:], config.flip_pairs, config.shift_heatmap)
+
+    return run
+
+
 def make_golden_record(run: Callable[[np.ndarray], np.ndarray], config: PipelineConfig) -> dict:
     """What the exporter stores in metadata (`landmarks.golden`)."""
     landmarks, heatmaps = _run_golden(run, config)
@@ -94,9 +111,10 @@ def make_golden_record(run: Callable[[np.ndarray], np.ndarray], config: Pipeline
 
 
 def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px: float,
-                     in_graph: bool = False) -> dict:
+                     in_graph: bool = False, graph: str = "") -> dict:
     """Recompute the golden landmarks through the served graph (`run`, on the provider in use);
-    raise GoldenCheckError if they drift past tolerance."""
+    raise GoldenCheckError if they drift past tolerance. `graph` names the graph checked in
+    the messages when a process serves more than one."""
     record = info.golden
     if not record:
         log.warning("golden self-check skipped: %s carries no golden data (not exported by "
@@ -117,10 +135,10 @@ def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px
     if not worst <= tolerance_px:
         kp = int(points[int(np.nan_to_num(deviation, nan=np.inf).argmax())])
         raise GoldenCheckError(
-            f"golden self-check failed on {info.provider}: landmarks deviate by up to {worst:.3f} px "
+            f"golden self-check failed on {info.provider}{' (' + graph + ')' if graph else ''}: landmarks deviate by up to {worst:.3f} px "
             f"(keypoint {kp}; tolerance {tolerance_px} px over {len(points)} points). The model file "
             "is corrupt, its fp16 conversion is broken, or the execution provider misbehaves."
         )
-    log.info("golden self-check passed on %s: max deviation %.4f px over %d points",
-             info.provider, worst, len(points))
+    log.info("golden self-check passed on %s%s: max deviation %.4f px over %d points",
+             info.provider, f" ({graph})" if graph else "", worst, len(points))
     return result

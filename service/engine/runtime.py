@@ -23,7 +23,7 @@ from service.settings import Settings
 
 from .batcher import BatchTiming, DynamicBatcher
 from .detector import FaceDetector
-from .golden import GoldenCheckError, run_golden_check
+from .golden import GoldenCheckError, flip_on_host, run_golden_check
 from .graph import load_model, wrap_model, wrap_refusal
 from .session import create_session, open_session, run_session
 
@@ -173,9 +173,17 @@ class LandmarkRuntime:
             if self.detector is not None:
                 self.detector.warm_up(self.settings.detect_max_side)
             readiness.warmup_seconds = round(time.perf_counter() - started, 3)
-            golden_run = self.runs[True] if self.in_graph else self.run_batch
-            readiness.golden = run_golden_check(golden_run, self.info, self.settings.golden_tolerance_px,
-                                                in_graph=self.in_graph)
+            tolerance = self.settings.golden_tolerance_px
+            if self.in_graph:
+                readiness.golden = run_golden_check(self.runs[True], self.info, tolerance, in_graph=True)
+                # The graph that serves flip_test=false is a second graph: check it as well,
+                # through the host-side flip test (same record).
+                plain = run_golden_check(flip_on_host(self.runs[False], self.config), self.info,
+                                         tolerance, in_graph=True, graph="plain graph")
+                if readiness.golden.get("status") == "passed":
+                    readiness.golden["plain_graph_max_deviation_px"] = plain.get("max_deviation_px")
+            else:
+                readiness.golden = run_golden_check(self.run_batch, self.info, tolerance)
         except GoldenCheckError as exc:
             return self._not_ready(str(exc))
         except Exception as exc:  # a provider that fails at run time, out of memory, ...

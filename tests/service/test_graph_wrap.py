@@ -212,3 +212,32 @@ def test_full_size_hrnet_w18_flip_graph_is_bit_identical(w18_onnx):
     crops = random_crops(2, config, seed=3)
     wrapped = runner(wrap_model(proto, config, flip_test=True))(crops)
     assert np.array_equal(wrapped, host_heatmaps(runner(proto), crops, config, flip_test=True))
+
+
+def test_both_served_graphs_pass_the_golden_check_and_a_broken_plain_graph_is_caught(tiny_onnx):
+    """With preprocessing in the graph, flip_test=false requests go to a second graph: the
+    start-up self-check covers it too (flip test done on the host around it)."""
+    from service.engine.runtime import LandmarkRuntime
+    from service.metrics import Metrics
+    from tests.service.conftest import make_settings
+
+    settings = make_settings(tiny_onnx, preprocess_in_graph=True)
+    runtime = LandmarkRuntime(settings, Metrics())
+    try:
+        assert runtime.in_graph
+        runtime.warm_up_and_check()
+        assert runtime.readiness.state == "ready", runtime.readiness.reason
+        # Same arithmetic as the flip graph (section 3 of the pipeline spec): exactly the record.
+        assert runtime.readiness.golden["plain_graph_max_deviation_px"] == 0.0
+    finally:
+        runtime.stop()
+
+    broken = LandmarkRuntime(settings, Metrics())
+    try:
+        plain = broken.runs[False]
+        broken.runs[False] = lambda crops: np.roll(plain(crops), 3, axis=3)  # peaks 3 px off
+        broken.warm_up_and_check()
+        assert broken.readiness.state == "not_ready"
+        assert "(plain graph)" in broken.readiness.reason, broken.readiness.reason
+    finally:
+        broken.stop()
