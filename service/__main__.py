@@ -34,7 +34,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from .api.middleware import read_timeout_protocol
 from .logs import logging_config
 from .metrics import MULTIPROC_DIR_ENV, mark_worker_dead
-from .settings import Settings, available_cores
+from .settings import Settings
 
 log = logging.getLogger("service")
 
@@ -95,12 +95,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_ort_threads(settings: Settings, workers: int) -> int:
+def worker_ort_threads(settings: Settings) -> int:
     """onnxruntime intra-op threads per worker: the setting if given, else the cores shared
     out, so N workers do not each start one thread per core and oversubscribe them."""
-    if settings.ort_threads:
-        return settings.ort_threads
-    return max(1, available_cores() // workers)
+    return settings.ort_threads or settings.cores_per_worker
 
 
 class MetricsDir:
@@ -172,7 +170,7 @@ def serve(settings: Settings) -> int:
         server = uvicorn.Server(config)
         server.run(sockets=[sock])  # a failed start-up exits here with STARTUP_FAILURE
         return 0 if server.started else STARTUP_FAILURE
-    threads = worker_ort_threads(settings, workers)
+    threads = worker_ort_threads(settings)
     os.environ["LANDMARKS_ORT_THREADS"] = str(threads)  # spawned workers read the environment
     metrics_dir = MetricsDir()
     try:

@@ -132,13 +132,14 @@ def run_golden_check(run: Callable[[np.ndarray], np.ndarray], info, tolerance_px
     worst = float(np.nan_to_num(deviation, nan=np.inf).max())
     result = {"status": "passed", "points_checked": int(len(points)),
               "max_deviation_px": round(worst, 4), "tolerance_px": tolerance_px}
+    where = f"{info.provider} ({graph})" if graph else info.provider
     if not worst <= tolerance_px:
         kp = int(points[int(np.nan_to_num(deviation, nan=np.inf).argmax())])
         raise GoldenCheckError(
-            f"golden self-check failed on {info.provider}{' (' + graph + ')' if graph else ''}: landmarks deviate by up to {worst:.3f} px "
+            f"golden self-check failed on {where}: landmarks deviate by up to {worst:.3f} px "
             f"(keypoint {kp}; tolerance {tolerance_px} px over {len(points)} points). The model file "
             "is corrupt, its fp16 conversion is broken, or the execution provider misbehaves."
         )
-    log.info("golden self-check passed on %s%s: max deviation %.4f px over %d points",
-             info.provider, f" ({graph})" if graph else "", worst, len(points))
+    log.info("golden self-check passed on %s: max deviation %.4f px over %d points",
+             where, worst, len(points))
     return result
