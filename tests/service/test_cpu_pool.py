@@ -36,5 +36,5 @@ def test_request_work_runs_on_the_sized_cpu_pool(app_client, monkeypatch):
         assert post_image(client, image, [[10, 10, 60, 70]]).status_code == 200
     assert len(seen) == 6 and all(name.startswith("landmarks-cpu") for name in seen), seen
     assert runtime.cpu_threads == max(2, runtime.settings.cores_per_worker)
-    assert len({name for name in seen}) <= runtime.cpu_threads
+    assert len(set(seen)) <= runtime.cpu_threads
     assert cv2.getNumThreads() == 1
